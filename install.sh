@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# One-command set-up of qsep on a Debian/Ubuntu machine (x86_64, Python >= 3.10):
+#   system packages (ffmpeg for MUSDB18 .mp4 stems, libsndfile), a virtual environment in .venv
+#   with the exact pinned versions of constraints.txt, qsep itself (editable), then `qsep --help`.
+# Re-running it is safe: finished steps are fast no-ops.
+#   QSEP_VENV=path   put the environment elsewhere (default: .venv next to this file)
+#   QSEP_NO_APT=1    skip the system packages (install ffmpeg yourself: conda install ffmpeg / brew install ffmpeg)
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+venv="${QSEP_VENV:-$here/.venv}"
+python="${PYTHON:-python3}"
+
+if [ "${QSEP_NO_APT:-0}" != 1 ] && ! command -v ffmpeg >/dev/null 2>&1; then
+  sudo=""
+  if [ "$(id -u)" != 0 ]; then sudo="sudo"; fi
+  echo "== installing system packages (ffmpeg, libsndfile1)"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends ffmpeg libsndfile1 >/dev/null
+fi
+
+if [ ! -x "$venv/bin/python" ]; then
+  echo "== creating virtual environment $venv"
+  "$python" -m venv "$venv"
+fi
+echo "== installing qsep and its pinned dependencies (about 5 GB, a few minutes the first time)"
+"$venv/bin/python" -m pip install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
+"$venv/bin/python" -m pip install -q -c "$here/constraints.txt" -e "$here[dev]" 2>&1 | grep -v "^WARNING: Location" || true
+"$venv/bin/python" -c "import separator, sed, torch, torchaudio, soundfile" \
+  || { echo "install failed: qsep does not import; see the pip output above" >&2; exit 1; }
+
+echo "== qsep is installed: $venv/bin/qsep"
+"$venv/bin/qsep" --help

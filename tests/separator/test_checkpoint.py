@@ -1,0 +1,123 @@
+import json
+from dataclasses import dataclass, field
+
+import pytest
+import torch
+from torch import nn
+
+from separator import checkpoint
+from separator.checkpoint import CheckpointError, Component, ModelFolder, load_strict, save_model
+from separator.config import ConfigError, from_dict, from_yaml, override, to_dict
+
+
+class Tiny(nn.Module):
+    def __init__(self, width: int = 4):
+        super().__init__()
+        self.lin = nn.Linear(3, width)
+        self.bn = nn.BatchNorm1d(width)
+
+
+@pytest.fixture
+def tiny_builder(monkeypatch):
+    monkeypatch.setitem(checkpoint.BUILDERS, "tiny_test", f"{__name__}:build_tiny")
+
+
+def build_tiny(cfg):
+    return Tiny(**cfg)
+
+
+def test_round_trip(tmp_path, tiny_builder):
+    m = Tiny(5)
+    path = save_model(tmp_path / "model", {"net": Component("tiny_test", {"width": 5}, m.state_dict())}, metadata={"sample_rate": 32000})
+    cfg = json.loads((path / "config.json").read_text())
+    assert cfg["format"] == "qsep-model" and cfg["format_version"] == checkpoint.FORMAT_VERSION
+    assert "qsep_version" in cfg
+    folder = ModelFolder(path)
+    assert folder.metadata == {"sample_rate": 32000}
+    loaded = folder.build("net")
+    assert not loaded.training
+    for k, v in m.state_dict().items():
+        assert torch.equal(loaded.state_dict()[k], v)
+
+
+def test_missing_and_unexpected_keys_are_named(tmp_path, tiny_builder):
+    sd = Tiny(4).state_dict()
+    sd.pop("lin.bias")
+    sd["extra.weight"] = torch.zeros(1)
+    save_model(tmp_path / "m", {"net": Component("tiny_test", {"width": 4}, sd)})
+    with pytest.raises(CheckpointError, match=r"missing keys \[lin.bias\].*unexpected keys \[extra.weight\]"):
+        ModelFolder(tmp_path / "m").build("net")
+
+
+def test_shape_mismatch_is_named(tmp_path, tiny_builder):
+    save_model(tmp_path / "m", {"net": Component("tiny_test", {"width": 4}, Tiny(6).state_dict())})
+    with pytest.raises(CheckpointError, match=r"lin.weight: file \(6, 3\) vs model \(4, 3\)"):
+        ModelFolder(tmp_path / "m").build("net")
+
+
+def test_load_strict_direct():
+    with pytest.raises(CheckpointError, match="missing keys"):
+        load_strict(Tiny(), {})
+
+
+def test_refuses_overwrite_and_replaces_atomically(tmp_path, tiny_builder):
+    comps = {"net": Component("tiny_test", {"width": 4}, Tiny(4).state_dict())}
+    save_model(tmp_path / "m", comps)
+    with pytest.raises(CheckpointError, match="exists"):
+        save_model(tmp_path / "m", comps)
+    save_model(tmp_path / "m", {"net": Component("tiny_test", {"width": 2}, Tiny(2).state_dict())}, overwrite=True)
+    assert ModelFolder(tmp_path / "m").component_config("net") == {"width": 2}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
+
+
+def test_bad_folders(tmp_path):
+    with pytest.raises(CheckpointError, match="not found"):
+        ModelFolder(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointError, match="config.json is missing"):
+        ModelFolder(tmp_path / "empty")
+    ck = tmp_path / "x.ckpt"
+    ck.write_bytes(b"\x80\x04")
+    with pytest.raises(CheckpointError, match="import-official"):
+        ModelFolder(ck)
+
+
+def test_newer_format_version_is_refused(tmp_path, tiny_builder):
+    p = save_model(tmp_path / "m", {"net": Component("tiny_test", {"width": 4}, Tiny(4).state_dict())})
+    cfg = json.loads((p / "config.json").read_text())
+    cfg["format_version"] = checkpoint.FORMAT_VERSION + 1
+    (p / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match="newer than this qsep"):
+        ModelFolder(p)
+
+
+def test_unknown_kind():
+    with pytest.raises(CheckpointError, match="unknown kind"):
+        save_model("/tmp/never", {"x": Component("nope", {}, {})})
+
+
+@dataclass
+class Inner:
+    a: int = 1
+    b: tuple[int, ...] = (1, 2)
+
+
+@dataclass
+class Outer:
+    name: str = "x"
+    lr: float = 1e-3
+    inner: Inner = field(default_factory=Inner)
+
+
+def test_config_round_trip_and_yaml_override(tmp_path):
+    cfg = Outer()
+    assert from_dict(Outer, to_dict(cfg)) == cfg
+    y = tmp_path / "c.yaml"
+    y.write_text("lr: 1\ninner:\n  b: [3, 4, 5]\n")
+    new = from_yaml(cfg, y)
+    assert new.lr == 1.0 and isinstance(new.lr, float)
+    assert new.inner == Inner(1, (3, 4, 5)) and new.name == "x"
+    with pytest.raises(ConfigError, match=r"unknown field 'lrr'"):
+        override(cfg, {"lrr": 2})
+    with pytest.raises(ConfigError, match=r"unknown field\(s\) \['c'\]"):
+        from_dict(Inner, {"c": 1})
