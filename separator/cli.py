@@ -6,7 +6,9 @@ here that the Python API lacks.
 from __future__ import annotations
 
 import sys
-from typing import NoReturn
+from pathlib import Path
+from pathlib import Path
+from typing import NoReturn, Optional, Optional
 
 import typer
 from rich.console import Console
@@ -61,22 +63,181 @@ def separate(ctx: typer.Context) -> None:
     not_built("separate")
 
 
-@app.command(context_settings=_PASSTHROUGH)
-def detect(ctx: typer.Context) -> None:
+@app.command()
+def detect(
+    files: list[Path] = typer.Argument(..., help="Audio files (any rate / channels; mixed to mono)."),
+    model: Path = typer.Option(..., "--model", "-m", help="qsep model folder with an HTS-AT detector."),
+    top_k: Optional[int] = typer.Option(None, "--top-k", min=1, help="Only the N classes with the highest clip score."),
+    threshold: float = typer.Option(0.5, "--threshold", "-t", min=0.0, max=1.0, help="Frame probability above which a class is active."),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON document (list of files with events)."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Draw frame-wise activity of the top classes to this PNG (one per file: NAME_<file>.png when several)."),
+    device: str = typer.Option("cpu", "--device", "-d", help="torch device, e.g. cpu or cuda."),
+) -> None:
     """Detect sound events in files with an HTS-AT model (label, start, end, confidence)."""
-    not_built("detect")
+    import json
+
+    from separator.audio import AudioError
+    from separator.checkpoint import CheckpointError
+
+    import sed
+    from sed.detect import detect_file, plot_detection
+
+    if not 0.0 < threshold < 1.0:
+        fail(f"--threshold must be strictly between 0 and 1, got {threshold}")
+    try:
+        detector = sed.load_detector(model, device=device)
+    except (CheckpointError, RuntimeError) as exc:
+        fail(f"cannot load the detector from {model}: {exc}")
+    results, failed = [], []
+    for f in files:
+        try:
+            det = detect_file(detector, f, threshold=threshold, top_k=top_k)
+        except AudioError as exc:
+            console.print(f"[bold red]error:[/] {f}: {exc}", highlight=False)
+            failed.append(str(f))
+            continue
+        results.append(det)
+        if plot is not None:
+            target = plot if len(files) == 1 else plot.with_name(f"{plot.stem}_{Path(f).stem}{plot.suffix or '.png'}")
+            try:
+                plot_detection(det, target, class_names=detector.class_names)
+            except OSError as exc:
+                fail(f"cannot write the plot {target}: {exc}")
+        if not json_out:
+            typer.echo(f"{f}  ({det.duration:.2f} s, {len(det.events)} events)")
+            for e in det.events:
+                typer.echo(f"  {e.label:<32} {e.start:9.3f} {e.end:9.3f}  {e.confidence:.3f}")
+    if json_out:
+        typer.echo(json.dumps([d.to_json() for d in results], indent=2))
+    if failed:
+        fail(f"{len(failed)} of {len(files)} file(s) could not be read: {', '.join(failed)}")
+
+
+@app.command()
+def embed(
+    out: str = typer.Option(..., "--out", "-o", help="Condition file to write (.safetensors)."),
+    model: str = typer.Option(None, "--model", "-m", help="Model folder whose encoders make the condition (not needed to combine --embedding files)."),
+    text: list[str] = typer.Option(None, "--text", "-t", help="Text query (repeatable)."),
+    audio: list[str] = typer.Option(None, "--audio", "-a", help="Example recording (repeatable; the files are averaged as ONE example set)."),
+    label: list[str] = typer.Option(None, "--label", "-l", help="Class label from the model's label bank (repeatable; unknown labels fall back to text)."),
+    embedding: list[str] = typer.Option(None, "--embedding", "-e", help="Saved condition to combine (repeatable)."),
+    weight: list[float] = typer.Option(None, "--weight", "-w", help="One weight per positive item, in the order: texts, the audio set, labels, embeddings."),
+    negative: list[str] = typer.Option(None, "--not", help="Text of a sound NOT to separate (repeatable)."),
+    negative_audio: list[str] = typer.Option(None, "--not-audio", help="Recording of a sound NOT to separate (repeatable)."),
+    negative_label: list[str] = typer.Option(None, "--not-label", help="Label of a sound NOT to separate (repeatable)."),
+    negative_strength: float = typer.Option(0.5, "--negative-strength", help="How strongly negatives are removed (beta)."),
+    negative_method: str = typer.Option("subtract", "--negative-method", help="subtract or reject (see docs)."),
+    text_encoder: str = typer.Option(None, "--text-encoder", help="Override the text encoder spec the model's projection was trained with."),
+    relative_db: float = typer.Option(None, "--relative-db", help="Audio queries: drop segments more than this many dB below the file's loudest segment (default 40)."),
+    floor_dbfs: float = typer.Option(None, "--floor-dbfs", help="Audio queries: drop segments at or below this RMS level in dBFS (default -80)."),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out file."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Report how each part was encoded (audio segments used, label matches)."),
+) -> None:
+    """Encode a query (text, audio files, label, saved conditions) into a condition vector file.
+
+    Reuse it with `qsep separate --embedding FILE` (no encoder is loaded then).
+    """
+    from separator.audio import AudioError
+    from separator.checkpoint import CheckpointError
+    from separator.config import ConfigError
+    from separator.query.compose import Query, QueryEncoder, save_condition
+    from separator.query.errors import QueryError
+
+    try:
+        query = Query.build(
+            text=text or None, audio=audio or None, label=label or None, embedding=embedding or None,
+            weights=weight or None, negative=negative or None, negative_audio=negative_audio or None,
+            negative_label=negative_label or None, negative_strength=negative_strength, negative_method=negative_method,
+        )
+        needs_model = any(i.kind != "embedding" for i in query.positives + query.negatives)
+        if model is None and needs_model:
+            fail("--model DIR is needed to encode text, audio or label queries (a folder made by qsep)")
+        gate = {k: v for k, v in (("relative_db", relative_db), ("floor_dbfs", floor_dbfs)) if v is not None}
+        encoder = QueryEncoder.from_model(model, device=device, text_encoder=text_encoder, **gate) if model else QueryEncoder()
+        result = encoder.encode(query)
+        path = save_condition(out, result, encoder, overwrite=overwrite)
+    except (QueryError, AudioError, CheckpointError, ConfigError) as exc:
+        fail(str(exc))
+    for line in result.report_lines(verbose=verbose):
+        console.print(line, highlight=False, markup=False, soft_wrap=True)
+    console.print(f"wrote a {result.condition.numel()}-d condition to {path}", highlight=False, soft_wrap=True)
 
 
 @app.command(context_settings=_PASSTHROUGH)
-def embed(ctx: typer.Context) -> None:
-    """Encode a query (text, audio files or label) into a condition vector file."""
-    not_built("embed")
+def mine(
+    ctx: typer.Context,
+    detector: str = typer.Option(..., "--detector", help="qsep model folder with the HTS-AT detector (component detector or audio_encoder)."),
+    data: str = typer.Option(..., "--data", help="The clips: a CSV manifest (path,labels), an HDF5 pack (.h5), or an AudioSet segments CSV (with --audio-dir)."),
+    out: str = typer.Option(..., "--out", "-o", help="Output folder of the segment manifest (re-run to resume)."),
+    data_format: str = typer.Option(None, "--format", help="manifest | hdf5 | audioset (default: from --data's extension; .h5 -> hdf5)."),
+    audio_dir: str = typer.Option(None, "--audio-dir", help="AudioSet format: folder holding the clips."),
+    class_labels: str = typer.Option(None, "--class-labels", help="class_labels_indices.csv (AudioSet / HDF5). Default: the detector's class names."),
+    config: str = typer.Option(None, "--config", "-c", help="YAML of mining options (e.g. configs/mine_audioset.yaml); the options below override it."),
+    segment_seconds: float = typer.Option(None, "--segment-seconds", help="Anchor length in seconds (default 2, official)."),
+    min_prob: float = typer.Option(None, "--min-prob", help="Keep only anchors whose mean probability is at least this (default: none, official)."),
+    max_anchors: int = typer.Option(None, "--max-anchors", min=1, help="Non-overlapping anchors per (clip, label) (default 1)."),
+    shard_size: int = typer.Option(None, "--shard-size", min=1, help="Clips per shard (default 1000)."),
+    batch_size: int = typer.Option(None, "--batch-size", min=1, help="Clips per detector batch (default 8)."),
+    num_workers: int = typer.Option(None, "--num-workers", min=0, help="DataLoader workers (default 0)."),
+    store_audio: bool = typer.Option(None, "--store-audio/--no-store-audio", help="Store the anchor audio in the shards (needed for HDF5 packs)."),
+    accelerator: str = typer.Option(None, "--accelerator", help="auto, cpu or gpu."),
+    devices: str = typer.Option(None, "--devices", help="Devices per node (a number or auto); >1 runs DDP."),
+    num_nodes: int = typer.Option(None, "--num-nodes", min=1, help="Nodes for multi-node DDP."),
+) -> None:
+    """Mine anchor segments from weakly labeled clips with a sound event detector.
+
+    Writes shards of a segment manifest (clip, label, start, end, confidence, latent) for
+    `qsep train separator`. A killed run restarts where it stopped.
+    """
+    from separator.audio import AudioError
+    from separator.checkpoint import CheckpointError
+    from separator.config import ConfigError, from_dict, load_yaml
+
+    import sed
+    from sed.data import DatasetError
+    from sed.mining import MiningConfig, MiningError, load_manifest, mine as run
+
+    if ctx.args:
+        fail(f"unexpected arguments {ctx.args}; see `qsep mine --help`")
+    try:
+        fields = load_yaml(config) if config else {}
+        given = dict(segment_seconds=segment_seconds, min_prob=min_prob, max_anchors=max_anchors, shard_size=shard_size,
+                     batch_size=batch_size, num_workers=num_workers, store_audio=store_audio, accelerator=accelerator,
+                     num_nodes=num_nodes, devices=(int(devices) if devices and devices.isdigit() else devices))
+        fields.update({k: v for k, v in given.items() if v is not None})
+        fields.setdefault("progress", True)
+        cfg = from_dict(MiningConfig, fields)
+        model = sed.load_detector(detector)
+        dataset = _mining_dataset(data, data_format, audio_dir, class_labels, model)
+        folder = run(model, dataset, out, cfg, sample_rate=model.cfg.sample_rate)
+        manifest = load_manifest(folder)
+    except (CheckpointError, ConfigError, DatasetError, AudioError, MiningError, FileNotFoundError) as exc:
+        fail(str(exc))
+    console.print(f"mined {len(manifest)} segments from {len(dataset)} clips into {folder}", highlight=False)
 
 
-@app.command(context_settings=_PASSTHROUGH)
-def mine(ctx: typer.Context) -> None:
-    """Mine anchor segments from weakly labeled clips with a sound event detector."""
-    not_built("mine")
+def _mining_dataset(data: str, data_format: str | None, audio_dir: str | None, class_labels: str | None, model):
+    """The weak-label dataset ``qsep mine`` reads, at the detector's rate and clip length."""
+    from sed.data import AudioSetDataset, ClassList, HDF5PackDataset, ManifestDataset
+
+    fmt = data_format or ("hdf5" if data.endswith((".h5", ".hdf5")) else ("audioset" if audio_dir else "manifest"))
+    if class_labels:
+        classes = ClassList.from_csv(class_labels)
+    elif getattr(model, "class_names", None):
+        classes = ClassList(tuple(model.class_names))
+    else:
+        classes = None
+    rate, clip = model.cfg.sample_rate, model.cfg.clip_samples
+    if fmt == "manifest":
+        return ManifestDataset(data, classes, rate, clip, crop="start")
+    if fmt == "hdf5":
+        return HDF5PackDataset(data, classes, rate, clip, crop="start")
+    if fmt == "audioset":
+        if not audio_dir or classes is None:
+            fail("the audioset format needs --audio-dir and class names (--class-labels or a detector with class names)")
+        return AudioSetDataset(data, audio_dir, classes, rate, clip, crop="start")
+    fail(f"--format must be manifest, hdf5 or audioset, got {fmt!r}")
 
 
 @app.command(context_settings=_PASSTHROUGH)
@@ -85,52 +246,337 @@ def models(ctx: typer.Context) -> None:
     not_built("models")
 
 
+def _parse_overrides(items: list[str]) -> dict:
+    """``["data.batch_size=8", "lr=3e-4"]`` -> ``{"data.batch_size": 8, "lr": 0.0003}`` (values parsed as YAML)."""
+    import yaml
+
+    out: dict = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip() or key.startswith("-"):
+            fail(f"cannot read {item!r}: overrides are written key=value (e.g. data.batch_size=8); options start with --")
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            fail(f"override {item!r}: the value is not valid YAML ({exc})")
+    return out
+
+
 @train_app.command("sed", context_settings=_PASSTHROUGH)
-def train_sed(ctx: typer.Context) -> None:
-    """Train an HTS-AT sound event detector on weakly labeled clips."""
-    not_built("train sed")
+def train_sed(
+    ctx: typer.Context,
+    config: str = typer.Option(..., "--config", "-c", help="YAML training config (e.g. configs/sed_tiny.yaml)."),
+    out: str = typer.Option(None, "--out", "-o", help="Run folder (checkpoints, logs, exported model); overrides out_dir."),
+    devices: str = typer.Option(None, "--devices", help="Devices per node: a number, a list like 0,1, or auto."),
+    accelerator: str = typer.Option(None, "--accelerator", help="auto, cpu or gpu."),
+    max_steps: int = typer.Option(None, "--max-steps", help="Stop after this many optimiser steps."),
+    precision: str = typer.Option(None, "--precision", help="32-true, bf16-mixed (GPU), 16-mixed ..."),
+    num_nodes: int = typer.Option(None, "--num-nodes", help="Nodes for multi-node DDP."),
+    resume: bool = typer.Option(None, "--resume/--no-resume", help="Continue from <out>/checkpoints/last.ckpt if it exists (default: yes)."),
+) -> None:
+    """Train an HTS-AT sound event detector on weakly labeled clips.
+
+    Extra arguments KEY=VALUE override config fields, e.g. `data.batch_size=8 lr=3e-4`.
+    """
+    from separator.config import ConfigError
+
+    overrides = _parse_overrides(list(ctx.args))
+    for key, value in (("out_dir", out), ("accelerator", accelerator), ("max_steps", max_steps),
+                       ("precision", precision), ("num_nodes", num_nodes), ("resume", resume)):
+        if value is not None:
+            overrides[key] = value
+    if devices is not None:
+        d = devices.strip()
+        overrides["devices"] = int(d) if d.isdigit() else ([int(x) for x in d.split(",") if x] if "," in d else d)
+    try:
+        from separator.audio import AudioError
+        from sed.data import DatasetError
+        from sed.train import load_sed_config, train_sed as run
+
+        cfg = load_sed_config(config, overrides)
+        model_dir = run(cfg)
+    except (ConfigError, DatasetError, AudioError, FileNotFoundError) as exc:
+        fail(str(exc))
+    console.print(f"exported the detector to {model_dir}", highlight=False)
 
 
 @train_app.command("separator", context_settings=_PASSTHROUGH)
-def train_separator(ctx: typer.Context) -> None:
-    """Train a query-conditioned separator on mined segments."""
-    not_built("train separator")
+def train_separator(
+    ctx: typer.Context,
+    config: str = typer.Option(..., "--config", "-c", help="YAML training config (e.g. configs/separator_tiny.yaml)."),
+    manifest: str = typer.Option(None, "--manifest", help="Output folder of `qsep mine`; overrides manifest."),
+    out: str = typer.Option(None, "--out", "-o", help="Run folder (checkpoints, logs, exported model/); overrides out_dir."),
+    detector: str = typer.Option(None, "--detector", help="Detector model folder copied into the export as the audio query encoder."),
+    devices: str = typer.Option(None, "--devices", help="Devices per node: a number, a list like 0,1, or auto."),
+    accelerator: str = typer.Option(None, "--accelerator", help="auto, cpu or gpu."),
+    num_nodes: int = typer.Option(None, "--num-nodes", help="Nodes for multi-node DDP."),
+    max_steps: int = typer.Option(None, "--max-steps", help="Stop after this many optimiser steps."),
+    precision: str = typer.Option(None, "--precision", help="auto (bf16-mixed on GPU), 32-true, ..."),
+    resume: bool = typer.Option(None, "--resume/--no-resume", help="Continue from <out>/checkpoints/last.ckpt if it exists (default: yes)."),
+    set_: list[str] = typer.Option(None, "--set", help="KEY=VALUE override of a config field (repeatable), e.g. --set mixing.random_gain_db=3."),
+) -> None:
+    """Train a query-conditioned separator on mined segments.
+
+    Extra arguments KEY=VALUE (or --set KEY=VALUE) override config fields, e.g. `lr=3e-4 model.channels=[16,32]`.
+    """
+    from separator.audio import AudioError
+    from separator.checkpoint import CheckpointError
+    from separator.config import ConfigError
+
+    from sed.mining import MiningError
+
+    overrides = _parse_overrides(list(ctx.args) + list(set_ or []))
+    for key, value in (("manifest", manifest), ("out_dir", out), ("detector", detector), ("accelerator", accelerator),
+                       ("num_nodes", num_nodes), ("max_steps", max_steps), ("precision", precision), ("resume", resume)):
+        if value is not None:
+            overrides[key] = value
+    if devices is not None:
+        d = devices.strip()
+        overrides["devices"] = int(d) if d.isdigit() else ([int(x) for x in d.split(",") if x] if "," in d else d)
+    try:
+        from separator.train import load_training_config, train_separator as run
+
+        cfg = load_training_config(config, overrides)
+        folder = run(cfg)
+    except (ConfigError, CheckpointError, MiningError, AudioError, FileNotFoundError) as exc:
+        fail(str(exc))
+    console.print(f"exported the separator to {folder}", highlight=False)
 
 
-@train_app.command("text-projection", context_settings=_PASSTHROUGH)
-def train_text_projection(ctx: typer.Context) -> None:
-    """Train the projection from text embeddings into the audio latent space."""
-    not_built("train text-projection")
+@train_app.command("text-projection")
+def train_text_projection(
+    config: str = typer.Option(..., "--config", "-c", help="YAML config (e.g. configs/text_projection.yaml)."),
+    model: str = typer.Option(None, "--model", "-m", help="Model folder to add the text_projection (and label_bank) to."),
+    out: str = typer.Option(None, "--out", "-o", help="Write a standalone folder with only the new components."),
+    manifest: str = typer.Option(None, "--manifest", help="Mining output folder, or CSV segment table."),
+    latents: str = typer.Option(None, "--latents", help="Latents file of a CSV manifest (.safetensors/.npz)."),
+    steps: int = typer.Option(None, "--steps", help="Optimisation steps."),
+    device: str = typer.Option(None, "--device", help="cpu or cuda."),
+    overwrite: bool = typer.Option(None, "--overwrite/--no-overwrite", help="Allow --out to replace an existing folder."),
+) -> None:
+    """Train the projection from text embeddings into the audio latent space, validate it, save it into a model."""
+    import json
+
+    from separator.checkpoint import CheckpointError
+    from separator.config import ConfigError, from_yaml
+    from separator.query.errors import QueryError
+    from separator.query.train import TextProjectionTrainConfig, train_text_projection as run
+
+    try:
+        cfg = from_yaml(TextProjectionTrainConfig(), config)
+        changes = {k: v for k, v in (("model", model), ("out", out), ("manifest", manifest), ("latents", latents),
+                                     ("steps", steps), ("device", device), ("overwrite", overwrite)) if v is not None}
+        if changes:
+            from separator.config import override
+
+            cfg = override(cfg, changes)
+        metrics = run(cfg, log=lambda line: console.print(line, highlight=False))
+    except (ConfigError, QueryError, CheckpointError) as exc:
+        fail(str(exc))
+    typer.echo(json.dumps(metrics, indent=2))
 
 
-@evaluate_app.command("musdb", context_settings=_PASSTHROUGH)
-def evaluate_musdb(ctx: typer.Context) -> None:
+def _progress_bar():
+    """A rich progress bar on stderr and a ``progress(message, done, total)`` callback driving it."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console)
+    task = bar.add_task("evaluating", total=None)
+
+    def update(message: str, done: int, total: int) -> None:
+        bar.update(task, completed=done, total=total, description=message[:60])
+
+    return bar, update
+
+
+def _load_model(model: Path):
+    """A model folder as two callables: ``encode(text=|audio=|label=) -> condition`` and
+    ``separate(waveform (C, T), sample_rate, condition) -> (C, T)`` target estimate."""
+    from separator.api import Separator
+    from separator.query.compose import Query, QueryEncoder
+
+    sep = Separator.from_pretrained(model)
+    encoder = QueryEncoder.from_model(model)
+
+    def encode(**query):
+        return encoder.encode(Query.build(**query)).condition
+
+    def separate(wav, sample_rate, condition):
+        return sep.separate_condition(wav, sample_rate, condition).target
+
+    return encode, separate
+
+
+@evaluate_app.command("musdb")
+def evaluate_musdb(
+    root: Path = typer.Argument(..., help="MUSDB18 folder holding train/ and test/ (.stem.mp4, or MUSDB18-HQ wav folders)."),
+    model: Optional[Path] = typer.Option(None, "--model", help="Model folder to evaluate."),
+    subset: str = typer.Option("test", "--subset", help="MUSDB18 subset to evaluate (train or test)."),
+    tracks: Optional[str] = typer.Option(None, "--tracks", help="A count (first N tracks) or comma-separated track names."),
+    duration: Optional[float] = typer.Option(None, "--duration", help="Evaluate only the first S seconds of each track."),
+    protocol: str = typer.Option("sisec18", "--protocol", help="sisec18 (standard) or zsass (the paper's NON-STANDARD protocol)."),
+    text_queries: bool = typer.Option(False, "--text-queries", help="Query the stems by text instead of train-set audio."),
+    query_dir: Optional[Path] = typer.Option(None, "--query-dir", help="Cache of the train-set stem query embeddings (default: OUT/queries)."),
+    out: Path = typer.Option(Path("musdb_eval"), "--out", help="Output folder (per-track JSON, summary, estimates)."),
+    jobs: int = typer.Option(1, "-j", "--jobs", help="Processes computing the metrics in parallel."),
+    save_estimates: bool = typer.Option(False, "--save-estimates", help="Also write the estimates as wav files."),
+    oracle: list[str] = typer.Option([], "--oracle", help="Oracle baseline(s) to add: mixture, irm (repeatable; no model needed)."),
+) -> None:
     """Evaluate on MUSDB18 / MUSDB18-HQ (SiSEC18 or ZS-ASS protocol)."""
-    not_built("evaluate musdb")
+    from separator.eval import estimators as est_mod
+    from separator.eval import musdb as ev
+    from separator.eval.deps import FfmpegNotFoundError
+
+    if model is None and not oracle:
+        fail("nothing to evaluate: give --model DIR and/or --oracle mixture|irm")
+    try:
+        proto = ev.protocol_from_name(protocol)
+        estimators = [est_mod.oracle(kind) for kind in oracle]
+        if model is not None:
+            encode, separate = _load_model(model)
+            if text_queries:
+                from separator.eval.queries import DEFAULT_STEM_TEXTS
+
+                queries = {stem: encode(text=text) for stem, text in DEFAULT_STEM_TEXTS.items()}
+                name = "model-text"
+            else:
+                from separator.eval.queries import build_stem_queries
+
+                train = ev.select_tracks(ev.open_musdb(root, "train"))
+                queries = build_stem_queries(
+                    train, embed_files=lambda files: encode(audio=[str(f) for f in files]),
+                    query_dir=query_dir or out / "queries", embedder_id=str(Path(model).resolve()))
+                name = "model"
+            estimators.append(est_mod.ConditionEstimator(separate=separate, queries=queries, name=name))
+        bar, update = _progress_bar()
+        with bar:
+            summary = ev.evaluate_musdb(root, estimators, out, protocol=proto, subset=subset, tracks=tracks,
+                                        duration=duration, jobs=jobs, save_estimates=save_estimates, progress=update)
+    except (FfmpegNotFoundError, OSError, ValueError, KeyError, ImportError) as err:
+        fail(str(err))
+    typer.echo(ev.summary_markdown(summary))
+    console.print(f"results in {out} (summary.json, summary.md)")
 
 
-@evaluate_app.command("mixtures", context_settings=_PASSTHROUGH)
-def evaluate_mixtures(ctx: typer.Context) -> None:
+def _split_list(text: str) -> list[str]:
+    """Split a class list on ';' when it has one (class names may contain commas), else on ','."""
+    return [c.strip() for c in text.split(";" if ";" in text else ",") if c.strip()]
+
+
+@evaluate_app.command("mixtures")
+def evaluate_mixtures(
+    corpus: Path = typer.Argument(..., help="CSV manifest with columns path,labels (labels separated by ';'), or an AudioSet folder (segments CSV + class_labels_indices.csv + audio)."),
+    held_out: str = typer.Option(..., "--held-out", help="Classes never seen in training, separated by ',' (or ';' when names contain commas)."),
+    model: Optional[Path] = typer.Option(None, "--model", help="Model folder to evaluate."),
+    oracle: Optional[str] = typer.Option(None, "--oracle", help="Evaluate an oracle instead of a model: mixture or irm."),
+    classes: Optional[str] = typer.Option(None, "--classes", help="Classes to evaluate, separated like --held-out (default: every label in the corpus)."),
+    query: str = typer.Option("text", "--query", help="Query kind: text, audio or label."),
+    per_class: int = typer.Option(10, "--per-class", help="Mixtures per class."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the mixture draw."),
+    out: Path = typer.Option(Path("mixtures_eval"), "--out", help="Output folder (mixture set, results JSON + markdown)."),
+) -> None:
     """Evaluate on seeded two-source mixtures of a weak-label corpus (seen and held-out classes)."""
-    not_built("evaluate mixtures")
+    import json
+
+    from separator.eval import estimators as est_mod
+    from separator.eval import mixtures as mx
+
+    if (model is None) == (oracle is None):
+        fail("give exactly one of --model DIR or --oracle mixture|irm")
+    try:
+        items = mx.read_corpus(corpus)
+        wanted = _split_list(classes) if classes else sorted({lab for it in items for lab in it.labels})
+        held = _split_list(held_out)
+        config = mx.MixtureSetConfig(mixtures_per_class=per_class, seed=seed)
+        set_path = out / "mixture_set.json"
+        if set_path.is_file():
+            specs, query_audio, config = mx.load_mixture_set(set_path)
+            console.print(f"reusing the mixture set in {set_path}")
+        else:
+            specs, query_audio = mx.build_mixture_set(items, wanted, config)
+            mx.save_mixture_set(set_path, specs, query_audio, config)
+        if oracle is not None:
+            estimator = est_mod.oracle(oracle)
+        else:
+            if query not in mx.QUERY_KINDS:
+                fail(f"unknown query kind {query!r}; choose one of {list(mx.QUERY_KINDS)}")
+            encode, separate = _load_model(model)
+            conditions: dict = {}
+
+            def by_query(wav, sample_rate, q):
+                key = (q.kind, q.label)
+                if key not in conditions:  # one condition per class and query kind
+                    value = {"text": q.text, "audio": list(q.audio), "label": q.label}[q.kind]
+                    conditions[key] = encode(**{q.kind: value})
+                return separate(wav, sample_rate, conditions[key])
+
+            estimator = est_mod.ConditionEstimator(separate=by_query, name="model")
+        bar, update = _progress_bar()
+        with bar:
+            results = mx.evaluate_mixtures(specs, estimator, held, query_kind=query, query_audio=query_audio,
+                                           config=config, progress=update)
+    except (OSError, ValueError, KeyError, ImportError) as err:
+        fail(str(err))
+    out.mkdir(parents=True, exist_ok=True)
+    stem = f"results_{results['method']}_{query}"
+    (out / f"{stem}.json").write_text(json.dumps(results, indent=2))
+    (out / f"{stem}.md").write_text(mx.results_markdown(results))
+    typer.echo(mx.results_markdown(results))
+    console.print(f"results in {out / stem}.json / .md")
 
 
-@import_app.command("htsat", context_settings=_PASSTHROUGH)
-def import_htsat(ctx: typer.Context) -> None:
+@import_app.command("htsat")
+def import_htsat(
+    ckpt: Path = typer.Argument(..., help="HTSAT_AudioSet_Saved_*.ckpt (Lightning checkpoint)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Model folder to write."),
+    trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow full unpickling (runs code from the file; only for files you trust)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing model folder."),
+) -> None:
     """Import an official HTS-AT AudioSet checkpoint (prefix `sed_model.`)."""
-    not_built("import-official htsat")
+    from separator.checkpoint import CheckpointError
+    from sed.official import import_htsat as run
+
+    try:
+        folder = run(ckpt, out, trust_pickle=trust_pickle, overwrite=overwrite)
+    except CheckpointError as exc:
+        fail(str(exc))
+    console.print(f"wrote {folder}", highlight=False)
 
 
-@import_app.command("zsass-sed", context_settings=_PASSTHROUGH)
-def import_zsass_sed(ctx: typer.Context) -> None:
+@import_app.command("zsass-sed")
+def import_zsass_sed(
+    ckpt: Path = typer.Argument(..., help="zeroshot_asp_*.ckpt or htsat_audioset_2048d.ckpt."),
+    out: Path = typer.Option(..., "--out", "-o", help="Model folder to write."),
+    trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow full unpickling (runs code from the file; only for files you trust)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing model folder."),
+) -> None:
     """Import the ST-SED query encoder inside a ZS-ASS checkpoint (prefix `at_model.sed_model.`)."""
-    not_built("import-official zsass-sed")
+    from separator.checkpoint import CheckpointError
+    from sed.official import import_zsass_sed as run
+
+    try:
+        folder = run(ckpt, out, trust_pickle=trust_pickle, overwrite=overwrite)
+    except CheckpointError as exc:
+        fail(str(exc))
+    console.print(f"wrote {folder}", highlight=False)
 
 
-@import_app.command("zsass", context_settings=_PASSTHROUGH)
-def import_zsass(ctx: typer.Context) -> None:
+@import_app.command("zsass")
+def import_zsass(
+    ckpt: Path = typer.Argument(..., help="zeroshot_asp_full.ckpt / zeroshot_asp_held_out.ckpt (Lightning checkpoint)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Model folder to write (separator + audio query encoder)."),
+    trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow full unpickling (runs code from the file; only for files you trust)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing model folder."),
+) -> None:
     """Import an official ZS-ASS checkpoint (separator + 2048-d query encoder)."""
-    not_built("import-official zsass")
+    from separator.checkpoint import CheckpointError
+    from separator.official import import_zsass as run
+
+    try:
+        folder = run(ckpt, out, trust_pickle=trust_pickle, overwrite=overwrite)
+    except CheckpointError as exc:
+        fail(str(exc))
+    console.print(f"wrote {folder} (components: separator, audio_encoder)", highlight=False)
 
 
 def main() -> None:

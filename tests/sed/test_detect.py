@@ -1,0 +1,109 @@
+"""``qsep detect`` and the event extraction behind it."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from separator.audio import save
+from separator.checkpoint import Component, save_model
+from separator.cli import app
+from separator.config import to_dict
+from sed.config import htsat_config
+from sed.detect import Event, events_from_framewise
+from sed.htsat import HTSAT
+
+NAMES = ["dog", "siren", "speech"]
+
+
+def test_events_from_planted_framewise():
+    times = torch.arange(10) * 0.5  # frames start every 0.5 s; the signal lasts 4.8 s
+    fw = torch.zeros(10, 3)
+    fw[2:5, 0] = torch.tensor([0.6, 0.9, 0.7])  # dog 1.0-2.5 s
+    fw[8:, 0] = 0.8  # dog again to the end
+    fw[0, 2] = 0.55  # speech in the first frame only
+    fw[:, 1] = 0.4  # siren never above threshold
+    ev = events_from_framewise(fw, times, 4.8, threshold=0.5, class_names=NAMES)
+    assert ev == [
+        Event("speech", 2, 0.0, 0.5, 0.55),
+        Event("dog", 0, 1.0, 2.5, 0.9),
+        Event("dog", 0, 4.0, 4.8, 0.8),
+    ]
+    assert events_from_framewise(fw, times, 4.8, classes=[1]) == []
+    unnamed = events_from_framewise(fw, times, 4.8, classes=[2])
+    assert [e.label for e in unnamed] == ["class_2"]
+    with pytest.raises(ValueError, match="does not match"):
+        events_from_framewise(fw, times[:5], 4.8)
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory):
+    torch.manual_seed(0)
+    cfg = htsat_config("tiny", num_classes=len(NAMES))
+    model = HTSAT(cfg)
+    path = tmp_path_factory.mktemp("models") / "tiny-sed"
+    save_model(path, {"detector": Component("htsat", to_dict(cfg), model.state_dict())},
+               metadata={"class_names": NAMES, "preset": "tiny"})
+    return path
+
+
+def _write_tone(path, seconds, sr=16000, channels=2):
+    t = torch.arange(int(seconds * sr)) / sr
+    wav = 0.3 * torch.sin(2 * math.pi * 660 * t)
+    save(path, wav.repeat(channels, 1), sr)
+    return path
+
+
+def test_cli_detect_prints_events(tiny_folder, tmp_path):
+    short = _write_tone(tmp_path / "short.wav", 3.0)
+    runner = CliRunner()
+    res = runner.invoke(app, ["detect", str(short), "--model", str(tiny_folder), "--threshold", "0.01"])
+    assert res.exit_code == 0, res.output
+    lines = res.output.splitlines()
+    assert lines[0].startswith(str(short)) and "3.00 s" in lines[0]
+    # every class is above a 1 % threshold somewhere: one line per event, named by the folder's class names
+    labels = {ln.split()[0] for ln in lines[1:]}
+    assert labels == set(NAMES)
+    res = runner.invoke(app, ["detect", str(short), "--model", str(tiny_folder), "--threshold", "0.01",
+                              "--top-k", "1", "--json"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.output)
+    assert len(doc) == 1 and doc[0]["file"] == str(short) and doc[0]["duration"] == 3.0
+    events = doc[0]["events"]
+    assert events and len({e["label"] for e in events}) == 1
+    for e in events:
+        assert 0.0 <= e["start"] < e["end"] <= 3.0 and 0.01 < e["confidence"] < 1.0
+
+
+def test_cli_detect_long_file_and_plot(tiny_folder, tmp_path):
+    long = _write_tone(tmp_path / "long.wav", 23.0, sr=32000, channels=1)
+    png = tmp_path / "act.png"
+    res = CliRunner().invoke(app, ["detect", str(long), "--model", str(tiny_folder), "--json", "--plot", str(png),
+                                   "--threshold", "0.01"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.output)[0]
+    assert doc["duration"] == 23.0
+    assert max(e["end"] for e in doc["events"]) == 23.0  # the tail is covered
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cli_detect_bad_inputs(tiny_folder, tmp_path):
+    good = _write_tone(tmp_path / "ok.wav", 1.0)
+    corrupt = tmp_path / "corrupt.wav"
+    corrupt.write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk")
+    missing = tmp_path / "missing.wav"
+    runner = CliRunner()
+    res = runner.invoke(app, ["detect", str(missing), str(good), str(corrupt), "--model", str(tiny_folder)])
+    assert res.exit_code == 1
+    out = res.output
+    assert "missing.wav" in out and "not found" in out
+    assert "corrupt.wav" in out and "cannot decode" in out
+    assert f"{good}  (1.00 s" in out  # the readable file is still reported
+    assert "2 of 3 file(s) could not be read" in out
+    res = runner.invoke(app, ["detect", str(good), "--model", str(tmp_path / "no-model")])
+    assert res.exit_code == 1 and "cannot load the detector" in res.output
+    res = runner.invoke(app, ["detect", str(good), "--model", str(tiny_folder), "--threshold", "1"])
+    assert res.exit_code == 1 and "--threshold" in res.output
