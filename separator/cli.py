@@ -447,7 +447,8 @@ def evaluate_musdb(
                     train, embed_files=lambda files: encode(audio=[str(f) for f in files]),
                     query_dir=query_dir or out / "queries", embedder_id=str(Path(model).resolve()))
                 name = "model"
-            estimators.append(est_mod.ConditionEstimator(separate=separate, queries=queries, name=name))
+            estimators.append(est_mod.ConditionEstimator(separate=separate, queries=queries, name=name,
+                                                         model_id=str(Path(model).resolve())))
         bar, update = _progress_bar()
         with bar:
             summary = ev.evaluate_musdb(root, estimators, out, protocol=proto, subset=subset, tracks=tracks,

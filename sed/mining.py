@@ -1,0 +1,716 @@
+"""Anchor segments from weakly labeled clips: frame-wise SED probabilities -> 2 s windows -> a sharded manifest.
+
+Two layers:
+
+* :func:`find_anchors` is pure: given one label's frame-wise probabilities and
+  the frame times, it smooths them with a window of the segment length (a moving
+  average, as the official ZS-ASS miner convolves with ones over 2 s) and picks
+  the best window (no threshold by default), optionally several
+  non-overlapping ones and only those above a minimum probability.
+* :func:`mine` runs a detector (passed in; any module returning HTS-AT's output
+  dict) over a weakly labeled dataset with Lightning ``Trainer.predict`` (the
+  same code on CPU, one GPU, or DDP), finds the anchors of every (clip,
+  positive label), recomputes the latent on each anchor crop (as the official
+  code computes the query latent on the 2 s crop), and writes shards.
+
+Manifest folder layout (see :func:`load_manifest`)::
+
+    out/
+      mining.json                 config, class names, sample rate, shard count (written first)
+      shards/shard-00000.safetensors   "latent" (N, D) float32 [+ "audio" (N, S), "audio_length" (N,)]
+      shards/shard-00000.csv      one row per segment: clip_id, clip_index, audio_path, label,
+                                  label_name, clip_labels (';'-joined class indices), start, end,
+                                  confidence, row (row in the shard's tensors)
+
+Shard ``k`` holds the clips ``[k * shard_size, (k + 1) * shard_size)`` of the
+dataset, in order. Each shard is written atomically (temporary files renamed;
+the CSV last, so a CSV marks a finished shard). A restarted run skips finished
+shards; batches never span shards, so a resumed run gives byte-identical shards.
+
+Under DDP (``devices=N`` / ``num_nodes=M``), rank ``r`` of ``W`` takes the pending
+shards ``r, r + W, ...`` whole; every rank lists the pending shards before the
+process group exists (so before anyone writes), and the shards are the same as
+from one process.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+import numpy as np
+import lightning as L
+import pandas as pd
+import torch
+from lightning.pytorch.callbacks import BasePredictionWriter
+from safetensors.torch import load_file, save_file
+
+__all__ = [
+    "Anchor",
+    "MiningConfig",
+    "MiningError",
+    "Manifest",
+    "find_anchors",
+    "mine",
+    "load_manifest",
+    "write_manifest",
+    "shard_paths",
+    "MANIFEST_COLUMNS",
+]
+
+MINING_JSON = "mining.json"
+SHARD_DIR = "shards"
+#: Columns of every shard CSV, in order.
+MANIFEST_COLUMNS = (
+    "clip_id",
+    "clip_index",
+    "audio_path",
+    "label",
+    "label_name",
+    "clip_labels",
+    "start",
+    "end",
+    "confidence",
+    "row",
+)
+
+
+class MiningError(ValueError):
+    """Mining cannot run or a manifest is incomplete / inconsistent."""
+
+
+# ----------------------------------------------------------------------------------------------
+# pure anchor detection
+# ----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Anchor:
+    """One mined segment: ``[start, end)`` in seconds and the mean probability inside it."""
+
+    start: float
+    end: float
+    confidence: float
+
+
+def _as_numpy(x: Any, what: str) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        x = x.detach().to("cpu", torch.float64).numpy()
+    arr = np.asarray(x, dtype=np.float64)
+    if arr.ndim != 1:
+        raise ValueError(f"{what} must be 1-D (frames,), got shape {arr.shape}")
+    return arr
+
+
+def find_anchors(
+    framewise_prob: Any,
+    frame_times: Any,
+    segment_seconds: float = 2.0,
+    min_prob: float | None = None,
+    max_anchors: int = 1,
+    clip_duration: float | None = None,
+) -> list[Anchor]:
+    """Best ``segment_seconds`` windows of one label's frame-wise probabilities.
+
+    The probabilities are averaged over every window of ``segment_seconds`` that
+    lies fully inside the clip (so a window is clamped inside the clip, never
+    past its start or end); the window with the highest mean wins. Among tied
+    windows (an event shorter than the segment) the middle one is taken, so the
+    event sits in the centre of its anchor. Further anchors are the best
+    remaining windows that do not overlap any anchor already taken.
+
+    Args:
+        framewise_prob: ``(frames,)`` probabilities of one label.
+        frame_times: ``(frames,)`` start time of each frame in seconds from the clip start, evenly spaced.
+        segment_seconds: anchor length (official: 2 s).
+        min_prob: keep only anchors whose mean probability is at least this (None: no threshold, official).
+        max_anchors: at most this many non-overlapping anchors (best first).
+        clip_duration: clip length in seconds (default: last frame time + one frame step).
+            A clip no longer than the segment gives one anchor covering the whole clip.
+
+    Returns:
+        Anchors sorted by confidence, best first (possibly empty when ``min_prob`` is set).
+    """
+    prob = _as_numpy(framewise_prob, "framewise_prob")
+    times = _as_numpy(frame_times, "frame_times")
+    if prob.shape != times.shape:
+        raise ValueError(f"framewise_prob {prob.shape} and frame_times {times.shape} differ in length")
+    if prob.size == 0:
+        raise ValueError("framewise_prob is empty (zero frames)")
+    if segment_seconds <= 0:
+        raise ValueError(f"segment_seconds must be > 0, got {segment_seconds}")
+    if max_anchors < 1:
+        raise ValueError(f"max_anchors must be >= 1, got {max_anchors}")
+    if not np.all(np.isfinite(prob)):
+        raise ValueError("framewise_prob contains NaN or inf")
+    step = float(times[1] - times[0]) if times.size > 1 else None
+    if clip_duration is None:
+        if step is None:
+            raise ValueError("one frame only: pass clip_duration")
+        clip_duration = float(times[-1] + step)
+    origin = float(times[0])
+
+    if clip_duration <= segment_seconds or step is None:
+        conf = float(prob.mean())
+        if min_prob is not None and conf < min_prob:
+            return []
+        return [Anchor(0.0, float(clip_duration), conf)]
+
+    frames = prob.size
+    width = int(min(frames, max(1, round(segment_seconds / step))))
+    csum = np.concatenate([[0.0], np.cumsum(prob)])
+    score = (csum[width:] - csum[:-width]) / width  # (frames - width + 1,) mean over each full window
+    alive = np.ones(score.size, dtype=bool)
+    anchors: list[Anchor] = []
+    tol = 1e-9
+    while len(anchors) < max_anchors and alive.any():
+        masked = np.where(alive, score, -np.inf)
+        best = float(masked.max())
+        if min_prob is not None and best < min_prob:
+            break
+        first = int(np.argmax(masked >= best - tol))
+        last = first
+        while last + 1 < score.size and alive[last + 1] and masked[last + 1] >= best - tol:
+            last += 1
+        pos = (first + last) // 2
+        start = origin + pos * step  # window start, seconds from the clip start
+        start = float(min(max(start, 0.0), clip_duration - segment_seconds))
+        anchors.append(Anchor(start, start + segment_seconds, best))
+        lo, hi = max(0, pos - width + 1), min(score.size, pos + width)
+        alive[lo:hi] = False  # windows overlapping this anchor
+    return anchors
+
+
+# ----------------------------------------------------------------------------------------------
+# the driver
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class MiningConfig:
+    """Options of a mining run (everything that changes the manifest is recorded in ``mining.json``)."""
+
+    segment_seconds: float = 2.0
+    min_prob: float | None = None
+    max_anchors: int = 1
+    #: a label counts as present in a clip when its weak target is above this
+    positive_threshold: float = 0.5
+    shard_size: int = 1000
+    batch_size: int = 8
+    num_workers: int = 0
+    #: also store each anchor's audio (mono, detector rate) in the shard; needed for datasets without
+    #: audio files (HDF5 packs)
+    store_audio: bool = False
+    accelerator: str = "auto"
+    devices: int | str = 1
+    num_nodes: int = 1
+    strategy: str = "auto"
+    precision: str = "32-true"
+    progress: bool = False
+
+    #: fields that define the manifest content; a resumed run must agree on them
+    CONTENT_FIELDS = ("segment_seconds", "min_prob", "max_anchors", "positive_threshold", "shard_size", "store_audio")
+
+    def content(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.CONTENT_FIELDS}
+
+
+def shard_paths(out_dir: str | os.PathLike, index: int) -> tuple[Path, Path]:
+    """``(csv, safetensors)`` paths of shard ``index``."""
+    base = Path(out_dir) / SHARD_DIR / f"shard-{index:05d}"
+    return base.with_suffix(".csv"), base.with_suffix(".safetensors")
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _write_shard(out_dir: Path, index: int, rows: list[dict[str, Any]], tensors: dict[str, torch.Tensor]) -> None:
+    """Write one shard: tensors first, then the CSV (its presence marks the shard finished)."""
+    csv_path, st_path = shard_paths(out_dir, index)
+    fd, tmp = tempfile.mkstemp(prefix=f".{st_path.name}.", suffix=".part", dir=st_path.parent)
+    os.close(fd)
+    try:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp)
+        os.replace(tmp, st_path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    frame = pd.DataFrame(rows, columns=list(MANIFEST_COLUMNS))
+    _atomic_write_text(csv_path, frame.to_csv(index=False, float_format="%.6f"))
+
+
+def _shard_done(out_dir: Path, index: int) -> bool:
+    csv_path, st_path = shard_paths(out_dir, index)
+    return csv_path.is_file() and st_path.is_file()
+
+
+def _dataset_class_mids(dataset: Any) -> list[str] | None:
+    mids = getattr(getattr(dataset, "classes", None), "mids", None)
+    if isinstance(mids, (list, tuple)) and any(mids):
+        return [str(m) for m in mids]
+    return None
+
+
+def _dataset_class_names(dataset: Any, num_classes: int | None) -> list[str] | None:
+    for attr in ("class_names", "classes", "labels"):
+        names = getattr(dataset, attr, None)
+        if isinstance(names, (list, tuple)) and names and all(isinstance(n, str) for n in names):
+            return list(names)
+        # a ClassList-like object with .names
+        inner = getattr(names, "names", None)
+        if isinstance(inner, (list, tuple)) and inner:
+            return [str(n) for n in inner]
+    return None
+
+
+def _dataset_audio_path(dataset: Any, index: int) -> str | None:
+    fn = getattr(dataset, "audio_path", None)
+    if callable(fn):
+        p = fn(index)
+        return None if p is None else str(p)
+    paths = getattr(dataset, "paths", None)
+    if paths is not None:
+        return str(paths[index])
+    return None
+
+
+def _true_length(dataset: Any, index: int) -> int | None:
+    """Samples of the clip's file at the dataset's rate, when the dataset reads files (else None)."""
+    rate = getattr(dataset, "sample_rate", None)
+    path = _dataset_audio_path(dataset, index)
+    if not rate or not path or not os.path.isfile(path):
+        return None
+    from separator import audio
+
+    return int(math.ceil(audio.info(path).duration * rate))
+
+
+class _Indexed(torch.utils.data.Dataset):
+    """Wraps a weak-label dataset so batches carry the dataset index and the audio path."""
+
+    def __init__(self, dataset: Any):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        item = self.dataset[index]
+        wav, target, clip_id = item[0], item[1], item[2]
+        wav = torch.as_tensor(wav, dtype=torch.float32)
+        if wav.ndim == 2:  # (channels, time) -> mono
+            wav = wav.mean(dim=0)
+        if wav.ndim != 1:
+            raise MiningError(f"dataset item {index}: waveform must be (time,) or (channels, time), got {tuple(wav.shape)}")
+        true_len = _true_length(self.dataset, index)
+        if true_len is not None and true_len < wav.shape[-1]:
+            wav = wav[:true_len]  # drop the zero padding a fixed-length dataset adds to short files
+        return {
+            "index": index,
+            "waveform": wav,
+            "target": torch.as_tensor(target, dtype=torch.float32),
+            "clip_id": str(clip_id),
+            "audio_path": _dataset_audio_path(self.dataset, index) or "",
+        }
+
+
+def _collate(items: list[dict[str, Any]]) -> dict[str, Any]:
+    lengths = torch.tensor([it["waveform"].shape[-1] for it in items])
+    wav = torch.zeros(len(items), int(lengths.max()))
+    for i, it in enumerate(items):
+        wav[i, : it["waveform"].shape[-1]] = it["waveform"]
+    return {
+        "index": [it["index"] for it in items],
+        "waveform": wav,  # (batch, time) zero-padded to the longest clip
+        "length": lengths,
+        "target": torch.stack([it["target"] for it in items]),  # (batch, classes)
+        "clip_id": [it["clip_id"] for it in items],
+        "audio_path": [it["audio_path"] for it in items],
+    }
+
+
+class _ShardBatchSampler(torch.utils.data.Sampler):
+    """Batches that never span shards; under DDP, rank ``r`` takes shards ``r, r + W, ...`` of the pending list.
+
+    The rank is read when iteration starts (after the process group exists), so the
+    same object works on one device and under DDP.
+    """
+
+    def __init__(self, shards: Sequence[tuple[int, int, int]], batch_size: int):
+        self.shards = list(shards)  # (shard index, first clip, end clip)
+        self.batch_size = batch_size
+
+    def _mine(self) -> list[tuple[int, int, int]]:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+        else:
+            rank, world = 0, 1
+        return self.shards[rank::world]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for _, lo, hi in self._mine():
+            for b in range(lo, hi, self.batch_size):
+                yield list(range(b, min(b + self.batch_size, hi)))
+
+    def __len__(self) -> int:
+        return sum(math.ceil((hi - lo) / self.batch_size) for _, lo, hi in self._mine())
+
+
+def _segment_samples(cfg: MiningConfig, sample_rate: int) -> int:
+    return int(round(cfg.segment_seconds * sample_rate))
+
+
+class _MiningModule(L.LightningModule):
+    """Runs the detector on a batch of clips and returns the segments it mines (one dict per segment)."""
+
+    def __init__(self, detector: torch.nn.Module, cfg: MiningConfig, sample_rate: int, class_names: list[str] | None):
+        super().__init__()
+        self.detector = detector
+        self.cfg = cfg
+        self.sample_rate = sample_rate
+        self.class_names = class_names
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
+        cfg, sample_rate, class_names = self.cfg, self.sample_rate, self.class_names
+        wav = batch["waveform"]  # (batch, time)
+        out = self.detector(wav)
+        framewise = out["framewise"].float().cpu()  # (batch, frames, classes)
+        times = torch.as_tensor(out["frame_times"]).double().cpu()  # (frames,)
+        seg = _segment_samples(cfg, sample_rate)
+        found: list[dict[str, Any]] = []
+        crops: list[torch.Tensor] = []
+        for b in range(wav.shape[0]):
+            length = int(batch["length"][b])
+            duration = length / sample_rate
+            valid = times < duration - 1e-9
+            positives = torch.nonzero(batch["target"][b] > cfg.positive_threshold).flatten().tolist()
+            clip_labels = ";".join(str(k) for k in positives)
+            for k in positives:
+                anchors = find_anchors(
+                    framewise[b, valid, k],
+                    times[valid],
+                    cfg.segment_seconds,
+                    cfg.min_prob,
+                    cfg.max_anchors,
+                    clip_duration=duration,
+                )
+                for a in anchors:
+                    first = min(int(round(a.start * sample_rate)), max(0, length - seg))
+                    crop = wav[b, first : min(length, first + seg)]
+                    crops.append(crop)
+                    found.append(
+                        {
+                            "clip_id": batch["clip_id"][b],
+                            "clip_index": int(batch["index"][b]),
+                            "audio_path": batch["audio_path"][b],
+                            "label": k,
+                            "label_name": class_names[k] if class_names and k < len(class_names) else str(k),
+                            "clip_labels": clip_labels,
+                            "start": a.start,
+                            "end": a.end,
+                            "confidence": a.confidence,
+                        }
+                    )
+        # recompute the latent on each anchor crop (official: the query latent of the 2 s crop);
+        # crops of one length go through the detector together (short clips give shorter crops)
+        latents: list[torch.Tensor | None] = [None] * len(crops)
+        by_len: dict[int, list[int]] = {}
+        for i, c in enumerate(crops):
+            by_len.setdefault(int(c.shape[-1]), []).append(i)
+        for _, idx in sorted(by_len.items()):
+            lat = self.detector(torch.stack([crops[i] for i in idx]))["latent"].float().cpu()  # (n, D)
+            for j, i in enumerate(idx):
+                latents[i] = lat[j]
+        for row, lat, crop in zip(found, latents, crops):
+            row["latent"] = lat
+            if cfg.store_audio:
+                row["audio"] = crop.float().cpu()
+        return found
+
+
+class _ShardWriter(BasePredictionWriter):
+    """Collects the segments of each shard and writes the shard once all its clips are through."""
+
+    def __init__(self, out_dir: Path, shards: Sequence[tuple[int, int, int]], cfg: MiningConfig, seg: int,
+                 on_shard_written: Callable[[int], None] | None):
+        super().__init__(write_interval="batch")
+        self.out_dir, self.cfg, self.seg, self.on_shard_written = out_dir, cfg, seg, on_shard_written
+        self.bounds = {s: (lo, hi) for s, lo, hi in shards}
+        self.rows: dict[int, list[dict[str, Any]]] = {}
+        self.seen: dict[int, int] = {}
+
+    def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx):
+        size = self.cfg.shard_size
+        for clip in batch["index"]:
+            s = int(clip) // size
+            self.seen[s] = self.seen.get(s, 0) + 1
+        for row in prediction:
+            self.rows.setdefault(int(row["clip_index"]) // size, []).append(row)
+        for s in sorted({int(c) // size for c in batch["index"]}):
+            lo, hi = self.bounds[s]
+            if self.seen.get(s, 0) == hi - lo:
+                self._flush(s)
+
+    def _flush(self, s: int) -> None:
+        rows = sorted(self.rows.pop(s, []), key=lambda r: (r["clip_index"], r["label"], -r["confidence"], r["start"]))
+        table: list[dict[str, Any]] = []
+        lats: list[torch.Tensor] = []
+        audio = torch.zeros(len(rows), self.seg)
+        audio_len = torch.zeros(len(rows), dtype=torch.int64)
+        for i, r in enumerate(rows):
+            lats.append(r.pop("latent"))
+            if "audio" in r:
+                a = r.pop("audio")
+                audio[i, : a.shape[-1]] = a
+                audio_len[i] = a.shape[-1]
+            table.append({**r, "row": i})
+        tensors = {"latent": torch.stack(lats) if lats else torch.zeros(0, 0)}
+        if self.cfg.store_audio:
+            tensors["audio"] = audio  # (segments, segment samples), zero-padded
+            tensors["audio_length"] = audio_len
+        _write_shard(self.out_dir, s, table, tensors)
+        if self.on_shard_written is not None:
+            self.on_shard_written(s)
+
+
+def mine(
+    detector: torch.nn.Module,
+    dataset: Any,
+    out_dir: str | os.PathLike,
+    config: MiningConfig | None = None,
+    sample_rate: int | None = None,
+    class_names: Sequence[str] | None = None,
+    on_shard_written: Callable[[int], None] | None = None,
+) -> Path:
+    """Mine anchor segments of every (clip, positive label) of ``dataset`` into shards under ``out_dir``.
+
+    Args:
+        detector: module mapping ``(batch, samples)`` float32 at ``sample_rate`` to a dict with
+            ``framewise (batch, frames, classes)``, ``frame_times (frames,)`` seconds and ``latent (batch, D)``
+            (:class:`sed.htsat.HTSAT` or a stand-in).
+        dataset: items ``(waveform (time,) or (channels, time), multi-hot target (classes,), clip_id)`` at the
+            detector's rate. Audio paths come from ``dataset.audio_path(i)`` or ``dataset.paths[i]``; without them
+            set ``config.store_audio``.
+        out_dir: manifest folder (created). Finished shards already there are kept and skipped.
+        config: :class:`MiningConfig`.
+        sample_rate: detector rate (default: ``detector.cfg.sample_rate``, ``detector.config.sample_rate`` or ``detector.sample_rate``).
+        class_names: names of the classes (default: from the dataset).
+        on_shard_written: called with the shard index after each shard is written (progress, tests).
+
+    Returns:
+        ``out_dir``.
+    """
+
+    cfg = config or MiningConfig()
+    if cfg.shard_size < 1 or cfg.batch_size < 1:
+        raise MiningError(f"shard_size and batch_size must be >= 1, got {cfg.shard_size}, {cfg.batch_size}")
+    if sample_rate is None:
+        for owner in (getattr(detector, "cfg", None), getattr(detector, "config", None), detector):
+            sample_rate = getattr(owner, "sample_rate", None)
+            if sample_rate:
+                break
+    if not sample_rate:
+        raise MiningError("the detector does not say its sample rate; pass sample_rate=")
+    sample_rate = int(sample_rate)
+    n = len(dataset)
+    if n == 0:
+        raise MiningError("the dataset is empty")
+    if not cfg.store_audio and _dataset_audio_path(dataset, 0) is None:
+        raise MiningError(
+            "the dataset gives no audio file paths (e.g. an HDF5 pack): store the anchor audio in the shards "
+            "(MiningConfig.store_audio=True, `qsep mine --store-audio`)"
+        )
+    names = list(class_names) if class_names is not None else _dataset_class_names(dataset, None)
+    out = Path(out_dir)
+    (out / SHARD_DIR).mkdir(parents=True, exist_ok=True)
+    num_shards = math.ceil(n / cfg.shard_size)
+    meta = {
+        "format": "qsep-mined-segments",
+        "format_version": 1,
+        "config": cfg.content(),
+        "sample_rate": sample_rate,
+        "num_clips": n,
+        "num_shards": num_shards,
+        "class_names": names,
+        "class_mids": _dataset_class_mids(dataset),
+    }
+    meta_path = out / MINING_JSON
+    if meta_path.is_file():
+        old = json.loads(meta_path.read_text())
+        if {k: old.get(k) for k in ("config", "sample_rate", "num_clips", "num_shards")} != {
+            k: meta[k] for k in ("config", "sample_rate", "num_clips", "num_shards")
+        }:
+            raise MiningError(
+                f"{out} holds a mining run with other settings ({old.get('config')}, {old.get('num_clips')} clips); "
+                "use another --out folder or delete it"
+            )
+    _atomic_write_text(meta_path, json.dumps(meta, indent=2) + "\n")
+
+    pending = [
+        (s, s * cfg.shard_size, min(n, (s + 1) * cfg.shard_size))
+        for s in range(num_shards)
+        if not _shard_done(out, s)
+    ]
+    if not pending:
+        return out
+    loader = torch.utils.data.DataLoader(
+        _Indexed(dataset),
+        batch_sampler=_ShardBatchSampler(pending, cfg.batch_size),
+        collate_fn=_collate,
+        num_workers=cfg.num_workers,
+    )
+    module = _MiningModule(detector, cfg, sample_rate, names)
+    writer = _ShardWriter(out, pending, cfg, _segment_samples(cfg, sample_rate), on_shard_written)
+    trainer = L.Trainer(
+        accelerator=cfg.accelerator,
+        devices=cfg.devices,
+        num_nodes=cfg.num_nodes,
+        strategy=cfg.strategy,
+        precision=cfg.precision,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=cfg.progress,
+        enable_model_summary=False,
+        use_distributed_sampler=False,
+        callbacks=[writer],
+    )
+    with warnings.catch_warnings():
+        # our batch sampler returns every index of the pending shards on purpose (batches never span shards)
+        warnings.filterwarnings("ignore", message=".*custom batch sampler.*")
+        trainer.predict(module, dataloaders=loader, return_predictions=False)
+    return out
+
+
+def write_manifest(
+    out_dir: str | os.PathLike,
+    segments: Sequence[Mapping[str, Any]],
+    latents: torch.Tensor,
+    sample_rate: int,
+    class_names: Sequence[str] | None = None,
+    audio: torch.Tensor | None = None,
+    audio_length: torch.Tensor | None = None,
+    segment_seconds: float = 2.0,
+    class_mids: Sequence[str] | None = None,
+) -> Path:
+    """Write segments found some other way (strong labels, hand-made lists) as a one-shard manifest.
+
+    Args:
+        segments: dicts with the keys of :data:`MANIFEST_COLUMNS` except ``row`` (``clip_labels`` may be a
+            sequence of class indices; ``audio_path`` may be empty when ``audio`` is given).
+        latents: ``(segments, D)`` conditions (e.g. HTS-AT latents of the segments).
+        sample_rate: rate of ``audio`` (and the rate the latents were computed at).
+        audio: optional ``(segments, S)`` stored audio, ``audio_length`` ``(segments,)`` valid samples.
+    """
+    out = Path(out_dir)
+    (out / SHARD_DIR).mkdir(parents=True, exist_ok=True)
+    if len(segments) != latents.shape[0]:
+        raise MiningError(f"{len(segments)} segments but {latents.shape[0]} latents")
+    rows = []
+    for i, seg in enumerate(segments):
+        row = {k: seg.get(k, "") for k in MANIFEST_COLUMNS if k != "row"}
+        labels = seg.get("clip_labels", (seg["label"],))
+        if not isinstance(labels, str):
+            row["clip_labels"] = ";".join(str(int(k)) for k in labels)
+        rows.append({**row, "row": i})
+    tensors = {"latent": latents.float()}
+    store_audio = audio is not None
+    if store_audio:
+        tensors["audio"] = audio.float()
+        tensors["audio_length"] = (
+            audio_length.long() if audio_length is not None else torch.full((audio.shape[0],), audio.shape[-1])
+        )
+    cfg = MiningConfig(segment_seconds=segment_seconds, store_audio=store_audio, shard_size=max(1, len(rows)))
+    meta = {
+        "format": "qsep-mined-segments",
+        "format_version": 1,
+        "config": cfg.content(),
+        "sample_rate": int(sample_rate),
+        "num_clips": len({r["clip_id"] for r in rows}),
+        "num_shards": 1,
+        "class_names": list(class_names) if class_names is not None else None,
+        "class_mids": list(class_mids) if class_mids is not None else None,
+    }
+    _write_shard(out, 0, rows, tensors)
+    _atomic_write_text(out / MINING_JSON, json.dumps(meta, indent=2) + "\n")
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# reading a manifest
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class Manifest:
+    """All mined segments of a finished run.
+
+    Attributes:
+        segments: one row per segment (:data:`MANIFEST_COLUMNS` less ``row``), ``clip_labels`` parsed to tuples.
+        latents: ``(segments, D)`` float32.
+        audio: ``(segments, S)`` float32 when the run stored audio, else None; ``audio_length`` ``(segments,)``.
+        sample_rate: the detector rate the times and stored audio refer to.
+        class_names: class names of the detector's label space (None if unknown).
+        class_mids: AudioSet MIDs of those classes when the dataset had them (for the ontology).
+    """
+
+    segments: pd.DataFrame
+    latents: torch.Tensor
+    sample_rate: int
+    class_names: list[str] | None = None
+    class_mids: list[str] | None = None
+    audio: torch.Tensor | None = None
+    audio_length: torch.Tensor | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.segments)
+
+
+def load_manifest(out_dir: str | os.PathLike) -> Manifest:
+    """Read every shard of a finished mining run, in shard order."""
+    out = Path(out_dir)
+    meta_path = out / MINING_JSON
+    if not meta_path.is_file():
+        raise MiningError(f"{out} is not a mining output folder ({MINING_JSON} is missing)")
+    meta = json.loads(meta_path.read_text())
+    missing = [s for s in range(meta["num_shards"]) if not _shard_done(out, s)]
+    if missing:
+        raise MiningError(
+            f"{out}: mining is incomplete, {len(missing)} of {meta['num_shards']} shards missing "
+            f"(first {missing[:5]}); run the same `qsep mine` again to finish it"
+        )
+    frames, lats, audios, lengths = [], [], [], []
+    for s in range(meta["num_shards"]):
+        csv_path, st_path = shard_paths(out, s)
+        df = pd.read_csv(csv_path, dtype={"clip_id": str, "audio_path": str, "clip_labels": str, "label_name": str},
+                         keep_default_na=False)
+        t = load_file(str(st_path))
+        if len(df) != t["latent"].shape[0]:
+            raise MiningError(f"{csv_path}: {len(df)} rows but {t['latent'].shape[0]} latents; delete both files and rerun")
+        if len(df):
+            frames.append(df)
+            lats.append(t["latent"])
+            if "audio" in t:
+                audios.append(t["audio"])
+                lengths.append(t["audio_length"])
+    if not frames:
+        raise MiningError(f"{out}: no segments were mined (no positive labels, or min_prob too high)")
+    seg = pd.concat(frames, ignore_index=True).drop(columns=["row"])
+    seg["clip_labels"] = [tuple(int(x) for x in str(v).split(";") if x != "") for v in seg["clip_labels"]]
+    return Manifest(
+        segments=seg,
+        latents=torch.cat(lats),
+        sample_rate=int(meta["sample_rate"]),
+        class_names=meta.get("class_names"),
+        class_mids=meta.get("class_mids"),
+        audio=torch.cat(audios) if audios else None,
+        audio_length=torch.cat(lengths) if lengths else None,
+        config=meta.get("config", {}),
+    )

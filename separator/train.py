@@ -1,0 +1,841 @@
+"""Separator training: two-source mixtures made on the fly from mined segments, and a LightningModule.
+
+The chain is ``qsep mine`` (:mod:`sed.mining`) -> this module -> a qsep model folder.
+
+Mixing (:class:`MixtureDataset`, official ZS-ASS recipe):
+    a target segment (class-balanced by default: a class first, then one of its
+    segments) and an interfering segment whose clip's label set does not overlap
+    the target's (with an AudioSet ontology JSON, parents and children of a label
+    count as the label). The interferer is scaled to the target's RMS, the ratio
+    clipped to ``[0.02, 50]``, then optionally given a random gain. The condition
+    is the target segment's own latent (official) or a per-class embedding
+    (label/text embedding; ``condition: embedding``).
+
+Reproducibility:
+    every mixture is a pure function of ``(seed, key)``: its own
+    ``torch.Generator`` is seeded from them. The sampler hands out keys
+    ``epoch * epoch_size + i``; Lightning calls its ``set_epoch`` at each epoch and
+    it reads the DDP rank when iteration starts, so the mixtures of an epoch do
+    not depend on the number of DataLoader workers, and rank ``r`` of ``W`` takes
+    items ``r, r + W, ...``. Validation mixtures use keys ``0..val_size-1`` with
+    a derived seed, drawn from a held-out part of the clips: the same set every
+    epoch and every run.
+
+Training (:class:`SeparatorModule`): any separator ``model(mixture (B, 1, T),
+condition (B, D)) -> (B, 1, T)``; L1 waveform loss (official), SI-SDR or
+multi-resolution STFT loss; Adam (amsgrad, official) or AdamW with linear
+warm-up; validation SDR, SI-SDR and SI-SDRi. :func:`train_separator` wires it
+together: checkpoints (resumed after a kill), ``devices`` / ``num_nodes`` DDP,
+``bf16-mixed`` on GPU, and export of the best checkpoint to a model folder.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from separator import audio
+from separator.config import ConfigError, from_dict, load_yaml, to_dict
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "MixingConfig",
+    "SeparatorTrainingConfig",
+    "SegmentStore",
+    "LabelOverlap",
+    "MixtureDataset",
+    "MixtureSampler",
+    "SeparatorDataModule",
+    "SeparatorModule",
+    "loudness_match",
+    "si_sdr",
+    "sdr",
+    "build_model",
+    "load_training_config",
+    "train_separator",
+    "export_checkpoint",
+]
+
+#: added to the seed of the validation mixtures, so they never coincide with training mixtures
+_VAL_SEED_OFFSET = 1_000_003
+
+
+# ----------------------------------------------------------------------------------------------
+# configs
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class MixingConfig:
+    """How two-source training mixtures are made.
+
+    Attributes:
+        segment_seconds: length of every training example (None: the mining segment length).
+        rms_ratio_min, rms_ratio_max: clip of the gain that brings the interferer to the target's RMS (official 0.02, 50).
+        random_gain_db: extra interferer gain, uniform in ``[-g, g]`` dB (0: off, official).
+        balanced: pick the target class uniformly first, then a segment of it (official: balanced queue);
+            False: a uniformly random segment.
+        condition: ``latent`` (the target segment's own latent, official) or ``embedding`` (row ``label`` of
+            ``embeddings``: a label or text embedding per class).
+        embeddings: ``.safetensors`` file with a tensor ``embeddings`` ``(classes, D)`` in the class order of
+            the manifest (``condition: embedding`` only).
+        ontology: AudioSet ontology JSON (list of ``{id, name, child_ids}``); labels related as parent/child
+            then count as overlapping.
+        val_fraction: fraction of the clips held out for validation mixtures (split by clip id hash).
+        val_size: number of fixed validation mixtures.
+        cache_mb: decoded segments are kept in memory (per worker) up to this size.
+        max_tries: random draws of an interferer before scanning all segments for a compatible one.
+    """
+
+    segment_seconds: float | None = None
+    rms_ratio_min: float = 0.02
+    rms_ratio_max: float = 50.0
+    random_gain_db: float = 0.0
+    balanced: bool = True
+    condition: str = "latent"
+    embeddings: str | None = None
+    ontology: str | None = None
+    val_fraction: float = 0.1
+    val_size: int = 64
+    cache_mb: float = 512.0
+    max_tries: int = 64
+
+    def __post_init__(self) -> None:
+        if self.condition not in ("latent", "embedding"):
+            raise ConfigError(f"mixing.condition={self.condition!r}; choose 'latent' or 'embedding'")
+        if self.condition == "embedding" and not self.embeddings:
+            raise ConfigError("mixing.condition='embedding' needs mixing.embeddings (a .safetensors file)")
+        if not 0 < self.rms_ratio_min <= self.rms_ratio_max:
+            raise ConfigError(f"need 0 < rms_ratio_min <= rms_ratio_max, got {self.rms_ratio_min}, {self.rms_ratio_max}")
+        if not 0 <= self.val_fraction < 1:
+            raise ConfigError(f"mixing.val_fraction must be in [0, 1), got {self.val_fraction}")
+
+
+@dataclass
+class SeparatorTrainingConfig:
+    """Everything one separator training run needs (YAML files in ``configs/`` override these fields).
+
+    Attributes:
+        manifest: output folder of ``qsep mine``.
+        out_dir: run folder: ``checkpoints/``, ``logs/``, ``config.yaml`` and the exported ``model/``.
+        model_kind: component kind of the separator (``query_unet``; any kind in ``checkpoint.BUILDERS``).
+        model_preset: :data:`separator.models.PRESETS` name (``query_unet`` only).
+        model: field overrides of the preset (``query_unet``) or the whole config dict (other kinds).
+            ``cond_dim`` is filled from the data when not given.
+        detector: model folder of the detector used for mining; its HTS-AT component is copied into the
+            export as ``audio_encoder`` so audio queries work with the exported model.
+        seed: seed of the weights, the mixtures and the validation set.
+        mixing: :class:`MixingConfig`.
+        batch_size: mixtures per step per device.
+        epoch_size: training mixtures per epoch (all devices together).
+        max_epochs, max_steps: stopping (``max_steps`` -1: no step limit).
+        loss: ``l1`` (official), ``sisdr`` or ``mrstft``.
+        optimizer: ``adam`` or ``adamw``; ``lr``, ``weight_decay``, ``amsgrad`` (official Adam amsgrad 1e-3).
+        warmup_steps: linear learning-rate warm-up.
+        grad_clip: gradient norm clip (None: off).
+        accelerator, devices, num_nodes, strategy: Lightning placement (``devices: 4`` -> DDP).
+        precision: ``auto`` = ``bf16-mixed`` on CUDA, ``32-true`` elsewhere; or any Lightning precision.
+        checkpoint_every_steps: also save ``last.ckpt`` this often (for resuming after a kill).
+        resume: continue from ``out_dir/checkpoints/last.ckpt`` when it exists.
+        export: write ``out_dir/model`` from the best checkpoint at the end.
+        num_workers, progress, log_every_n_steps: loader / logging.
+    """
+
+    manifest: str = ""
+    out_dir: str = "runs/separator"
+    model_kind: str = "query_unet"
+    model_preset: str = "resunet_film_small"
+    model: dict[str, Any] = field(default_factory=dict)
+    detector: str | None = None
+    seed: int = 0
+    mixing: MixingConfig = field(default_factory=MixingConfig)
+    batch_size: int = 16
+    epoch_size: int = 8192
+    max_epochs: int = 100
+    max_steps: int = -1
+    loss: str = "l1"
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    amsgrad: bool = True
+    warmup_steps: int = 0
+    grad_clip: float | None = None
+    accelerator: str = "auto"
+    devices: Any = "auto"
+    num_nodes: int = 1
+    strategy: str = "auto"
+    precision: str = "auto"
+    checkpoint_every_steps: int = 500
+    resume: bool = True
+    export: bool = True
+    num_workers: int = 0
+    progress: bool = True
+    log_every_n_steps: int = 50
+
+    def __post_init__(self) -> None:
+        if self.loss not in LOSSES:
+            raise ConfigError(f"loss={self.loss!r}; choose one of {sorted(LOSSES)}")
+        if self.optimizer not in ("adam", "adamw"):
+            raise ConfigError(f"optimizer={self.optimizer!r}; choose 'adam' or 'adamw'")
+        if self.batch_size < 1 or self.epoch_size < 1:
+            raise ConfigError(f"batch_size and epoch_size must be >= 1, got {self.batch_size}, {self.epoch_size}")
+
+
+def _deep_merge(base: dict[str, Any], upd: Mapping[str, Any], open_keys: tuple[str, ...] = ("model",), where: str = "") -> dict[str, Any]:
+    """``base`` updated by ``upd``; unknown keys are an error except below ``open_keys`` (free-form dicts)."""
+    out = dict(base)
+    for k, v in upd.items():
+        path = f"{where}{k}"
+        if k not in out and not where.startswith(open_keys) and path not in open_keys:
+            raise ConfigError(f"unknown field {path!r}; valid fields here are {sorted(out)}")
+        if isinstance(out.get(k), dict) and isinstance(v, Mapping):
+            out[k] = _deep_merge(out[k], v, open_keys, f"{path}.")
+        else:
+            out[k] = v
+    return out
+
+
+def _dotted(changes: Sequence[str]) -> dict[str, Any]:
+    """``["a.b=1", "c=[1, 2]"]`` -> ``{"a": {"b": 1}, "c": [1, 2]}`` (values parsed as YAML)."""
+    import yaml
+
+    out: dict[str, Any] = {}
+    for item in changes:
+        if "=" not in item:
+            raise ConfigError(f"--set expects key=value, got {item!r}")
+        key, raw = item.split("=", 1)
+        node = out
+        parts = key.strip().split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = yaml.safe_load(raw)
+    return out
+
+
+def load_training_config(path: str | os.PathLike | None = None, overrides: Sequence[str] | Mapping[str, Any] = ()) -> SeparatorTrainingConfig:
+    """Defaults <- YAML file <- overrides.
+
+    ``overrides``: ``["mixing.val_size=8", ...]`` (values parsed as YAML) or a mapping whose keys may be
+    dotted (``{"mixing.val_size": 8}``) or nested (``{"mixing": {"val_size": 8}}``).
+    """
+    data = to_dict(SeparatorTrainingConfig())
+    if path is not None:
+        try:
+            data = _deep_merge(data, load_yaml(path))
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}") from exc
+    if isinstance(overrides, Mapping):
+        upd: dict[str, Any] = {}
+        for key, value in overrides.items():  # dotted keys ("mixing.val_size") become nested
+            node = upd
+            parts = str(key).split(".")
+            for p in parts[:-1]:
+                node = node.setdefault(p, {})
+            node[parts[-1]] = value
+    else:
+        upd = _dotted(overrides)
+    data = _deep_merge(data, upd)
+    return from_dict(SeparatorTrainingConfig, data)
+
+
+# ----------------------------------------------------------------------------------------------
+# signal helpers
+# ----------------------------------------------------------------------------------------------
+def _rms(x: torch.Tensor) -> torch.Tensor:
+    return x.pow(2).mean(-1, keepdim=True).sqrt()
+
+
+def loudness_match(reference: torch.Tensor, other: torch.Tensor, ratio_min: float = 0.02, ratio_max: float = 50.0) -> torch.Tensor:
+    """``other`` ``(..., T)`` scaled to the RMS of ``reference`` ``(..., T)``, gain clipped to ``[ratio_min, ratio_max]``.
+
+    A silent ``other`` gets the maximum gain (and stays silent).
+    """
+    ratio = _rms(reference) / _rms(other).clamp_min(1e-12)
+    return other * ratio.clamp(ratio_min, ratio_max)
+
+
+def si_sdr(estimate: torch.Tensor, reference: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Scale-invariant SDR in dB over the last axis (zero-mean), shape ``estimate.shape[:-1]``."""
+    estimate = estimate - estimate.mean(-1, keepdim=True)
+    reference = reference - reference.mean(-1, keepdim=True)
+    scale = (estimate * reference).sum(-1, keepdim=True) / (reference.pow(2).sum(-1, keepdim=True) + eps)
+    target = scale * reference
+    noise = estimate - target
+    return 10 * torch.log10((target.pow(2).sum(-1) + eps) / (noise.pow(2).sum(-1) + eps))
+
+
+def sdr(estimate: torch.Tensor, reference: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Plain SDR in dB over the last axis: ``10 log10(|s|^2 / |s - s_hat|^2)``."""
+    return 10 * torch.log10((reference.pow(2).sum(-1) + eps) / ((reference - estimate).pow(2).sum(-1) + eps))
+
+
+def _l1_loss(est: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    return (est - ref).abs().mean()
+
+
+def _sisdr_loss(est: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    return -si_sdr(est, ref).mean()
+
+
+#: (n_fft, hop) of the multi-resolution STFT loss
+MRSTFT_RESOLUTIONS = ((512, 128), (1024, 256), (2048, 512))
+
+
+def _mrstft_loss(est: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """Spectral convergence + log-magnitude L1, summed over :data:`MRSTFT_RESOLUTIONS`."""
+    from separator.dsp import StftConfig, stft
+
+    total = est.new_zeros(())
+    for n_fft, hop in MRSTFT_RESOLUTIONS:
+        cfg = StftConfig(n_fft=n_fft, hop_length=hop, win_length=n_fft)
+        e = stft(est.float(), cfg).abs().clamp_min(1e-7)  # (batch, 1, freq, frames)
+        r = stft(ref.float(), cfg).abs().clamp_min(1e-7)
+        sc = torch.linalg.vector_norm(r - e, dim=(-2, -1)) / torch.linalg.vector_norm(r, dim=(-2, -1)).clamp_min(1e-7)
+        total = total + sc.mean() + (r.log() - e.log()).abs().mean()
+    return total
+
+
+LOSSES = {"l1": _l1_loss, "sisdr": _sisdr_loss, "mrstft": _mrstft_loss}
+
+
+# ----------------------------------------------------------------------------------------------
+# segments and label overlap
+# ----------------------------------------------------------------------------------------------
+class SegmentStore:
+    """Audio, labels and conditions of mined segments, at the separator's rate.
+
+    Args:
+        manifest: a :class:`sed.mining.Manifest`.
+        sample_rate: the separator's rate.
+        segment_samples: length of every example (shorter segments are zero-padded at the end).
+        cache_mb: keep decoded segments in memory up to this size (per process / worker).
+    """
+
+    def __init__(self, manifest: Any, sample_rate: int, segment_samples: int, cache_mb: float = 512.0):
+        self.manifest = manifest
+        self.segments = manifest.segments.reset_index(drop=True)
+        self.sample_rate = int(sample_rate)
+        self.segment_samples = int(segment_samples)
+        self.cache_limit = int(cache_mb * 2**20)
+        self._cache: dict[int, torch.Tensor] = {}
+        self._cache_bytes = 0
+        self.labels = [frozenset(int(x) for x in v) or frozenset([int(lab)]) for v, lab in zip(self.segments.clip_labels, self.segments.label)]
+        self.mined_label = [int(x) for x in self.segments.label]
+        self.clip_ids = [str(x) for x in self.segments.clip_id]
+
+    def __len__(self) -> int:
+        return len(self.segments)
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_cache"], state["_cache_bytes"] = {}, 0  # each worker fills its own cache
+        return state
+
+    def audio(self, index: int) -> torch.Tensor:
+        """``(segment_samples,)`` mono float32 of segment ``index``."""
+        hit = self._cache.get(index)
+        if hit is not None:
+            return hit
+        m = self.manifest
+        if m.audio is not None:
+            wav = m.audio[index, : int(m.audio_length[index])][None]  # (1, samples) at the mining rate
+            if m.sample_rate != self.sample_rate:
+                wav = audio.resample(wav, m.sample_rate, self.sample_rate)
+        else:
+            row = self.segments.iloc[index]
+            if not row.audio_path:
+                raise ValueError(f"segment {index} (clip {row.clip_id}) has neither an audio path nor stored audio")
+            wav, _ = audio.load(row.audio_path, sample_rate=self.sample_rate, channels=1,
+                                start=float(row.start), duration=float(row.end - row.start))
+        wav = wav[0, : self.segment_samples]
+        if wav.shape[-1] < self.segment_samples:
+            wav = F.pad(wav, (0, self.segment_samples - wav.shape[-1]))
+        wav = wav.contiguous()
+        if self._cache_bytes + wav.numel() * 4 <= self.cache_limit:
+            self._cache[index] = wav
+            self._cache_bytes += wav.numel() * 4
+        return wav
+
+
+class LabelOverlap:
+    """Which class indices count as the same sound: each label itself, plus its ontology ancestors and descendants.
+
+    Args:
+        num_classes: size of the class list.
+        class_mids: MID of each class (AudioSet); used to place classes in the ontology.
+        class_names: names, used for classes without a MID.
+        ontology: path of the AudioSet ontology JSON, or its parsed list; None: labels overlap only when equal.
+    """
+
+    def __init__(self, num_classes: int, class_mids: Sequence[str] | None = None,
+                 class_names: Sequence[str] | None = None, ontology: str | os.PathLike | list | None = None):
+        self.related: list[frozenset[int]] = [frozenset([k]) for k in range(num_classes)]
+        if ontology is None:
+            return
+        nodes = json.loads(Path(ontology).read_text()) if not isinstance(ontology, list) else ontology
+        children = {n["id"]: list(n.get("child_ids", [])) for n in nodes}
+        by_name = {n["name"].lower(): n["id"] for n in nodes}
+        parents: dict[str, list[str]] = {}
+        for p, cs in children.items():
+            for c in cs:
+                parents.setdefault(c, []).append(p)
+        index_of: dict[str, int] = {}
+        for k in range(num_classes):
+            mid = class_mids[k] if class_mids and k < len(class_mids) and class_mids[k] else None
+            if mid is None and class_names and k < len(class_names):
+                mid = by_name.get(str(class_names[k]).lower())
+            if mid is not None:
+                index_of[mid] = k
+
+        def walk(start: str, graph: Mapping[str, list[str]]) -> set[str]:
+            seen, stack = set(), [start]
+            while stack:
+                for nxt in graph.get(stack.pop(), []):
+                    if nxt not in seen:
+                        seen.add(nxt)
+                        stack.append(nxt)
+            return seen
+
+        for mid, k in index_of.items():
+            rel = walk(mid, children) | walk(mid, parents)
+            self.related[k] = frozenset({k} | {index_of[m] for m in rel if m in index_of})
+
+    def expand(self, labels: frozenset[int]) -> frozenset[int]:
+        """All classes that overlap any of ``labels``."""
+        out: set[int] = set()
+        for k in labels:
+            out |= self.related[k] if k < len(self.related) else {k}
+        return frozenset(out)
+
+    def overlap(self, a: frozenset[int], b: frozenset[int]) -> bool:
+        return not self.expand(a).isdisjoint(b)
+
+
+# ----------------------------------------------------------------------------------------------
+# mixtures
+# ----------------------------------------------------------------------------------------------
+def _item_seed(seed: int, key: int) -> int:
+    return (int(seed) * 0x9E3779B1 + int(key) * 0x85EBCA6B + 0x2545F491) % (2**63 - 1)
+
+
+class MixtureDataset(torch.utils.data.Dataset):
+    """Two-source mixtures: ``dataset[key]`` is a pure function of ``(seed, key)`` (any int key).
+
+    Items are dicts: ``mixture (1, T)``, ``target (1, T)``, ``interferer (1, T)`` (as mixed),
+    ``condition (D,)``, ``target_index``, ``interferer_index`` (segment rows), ``gain`` (applied to the interferer).
+    """
+
+    def __init__(self, store: SegmentStore, indices: Sequence[int], overlap: LabelOverlap, config: MixingConfig,
+                 seed: int, length: int, conditions: torch.Tensor, condition_rows: Sequence[int]):
+        if len(indices) < 2:
+            raise ValueError(f"need at least 2 segments to make mixtures, got {len(indices)}")
+        self.store = store
+        self.indices = list(indices)
+        self.overlap = overlap
+        self.cfg = config
+        self.seed = seed
+        self.length = length
+        self.conditions = conditions  # (rows, D)
+        self.condition_rows = list(condition_rows)  # segment -> row of ``conditions``
+        # a segment can be a target only if some segment has no overlapping label (checked per label set)
+        sets = {store.labels[i] for i in self.indices}
+        ok: dict[frozenset[int], bool] = {}
+        for ls in sets:
+            blocked = overlap.expand(ls)
+            ok[ls] = any(blocked.isdisjoint(other) for other in sets)
+        self.targets = [i for i in self.indices if ok[store.labels[i]]]
+        dropped = len(self.indices) - len(self.targets)
+        if dropped:
+            log.warning("%d segment(s) overlap every other segment's labels and are used only as interferers", dropped)
+        self.target_table = self._by_class(self.targets)
+        self.partner_table = self._by_class(self.indices)
+        if len(self.target_table) < 1 or len(self.partner_table) < 2:
+            raise ValueError(
+                f"the segments cover {len(self.partner_table)} class(es) and none has a partner with disjoint labels; "
+                "mixtures need at least 2 unrelated classes"
+            )
+
+    def _by_class(self, rows: Sequence[int]) -> dict[int, list[int]]:
+        table: dict[int, list[int]] = {}
+        for i in rows:
+            table.setdefault(self.store.mined_label[i], []).append(i)
+        return {k: table[k] for k in sorted(table)}
+
+    def __len__(self) -> int:
+        return self.length
+
+    def _pick(self, g: torch.Generator, table: Mapping[int, list[int]], flat: Sequence[int]) -> int:
+        if self.cfg.balanced:
+            classes = list(table)
+            members = table[classes[int(torch.randint(len(classes), (1,), generator=g))]]
+            return members[int(torch.randint(len(members), (1,), generator=g))]
+        return flat[int(torch.randint(len(flat), (1,), generator=g))]
+
+    def _partner(self, target: int, g: torch.Generator) -> int:
+        blocked = self.overlap.expand(self.store.labels[target])
+        for _ in range(self.cfg.max_tries):
+            j = self._pick(g, self.partner_table, self.indices)
+            if blocked.isdisjoint(self.store.labels[j]):
+                return j
+        pool = [j for j in self.indices if blocked.isdisjoint(self.store.labels[j])]
+        return pool[int(torch.randint(len(pool), (1,), generator=g))]  # non-empty: targets have a partner
+
+    def __getitem__(self, key: int) -> dict[str, Any]:
+        g = torch.Generator().manual_seed(_item_seed(self.seed, key))
+        t = self._pick(g, self.target_table, self.targets)
+        i = self._partner(t, g)
+        s1, s2 = self.store.audio(t), self.store.audio(i)
+        s2 = loudness_match(s1, s2, self.cfg.rms_ratio_min, self.cfg.rms_ratio_max)
+        gain = 1.0
+        if self.cfg.random_gain_db > 0:
+            db = (torch.rand((), generator=g).item() * 2 - 1) * self.cfg.random_gain_db
+            gain = 10 ** (db / 20)
+            s2 = s2 * gain
+        return {
+            "mixture": (s1 + s2)[None],
+            "target": s1[None],
+            "interferer": s2[None],
+            "condition": self.conditions[self.condition_rows[t]],
+            "target_index": t,
+            "interferer_index": i,
+            "gain": gain,
+        }
+
+
+def _rank_world() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+class MixtureSampler(torch.utils.data.Sampler):
+    """Keys ``epoch * size + i`` for this rank's share ``i = rank, rank + W, ...`` (every rank the same count).
+
+    ``set_epoch`` is called by Lightning at the start of each training epoch; ``fixed=True`` (validation)
+    ignores the epoch. Use with ``use_distributed_sampler=False``.
+    """
+
+    def __init__(self, size: int, fixed: bool = False):
+        self.size = size
+        self.fixed = fixed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return math.ceil(self.size / _rank_world()[1])
+
+    def __iter__(self) -> Iterator[int]:
+        rank, world = _rank_world()
+        base = 0 if self.fixed else self.epoch * self.size
+        # when size is not a multiple of W the last keys wrap around, so every rank runs the same number of
+        # batches (DDP needs that); a few validation mixtures are then counted twice
+        for j in range(len(self)):
+            yield base + (rank + j * world) % self.size
+
+
+def _split_by_clip(clip_ids: Sequence[str], fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Segment rows of the training and validation clips (a clip's segments stay together)."""
+    train, val = [], []
+    for i, c in enumerate(clip_ids):
+        h = zlib.crc32(f"{seed}:{c}".encode()) / 2**32
+        (val if h < fraction else train).append(i)
+    return train, val
+
+
+class SeparatorDataModule:
+    """Builds the training and validation mixture loaders from a mining output folder.
+
+    A plain object with Lightning's DataModule hooks (``setup``, ``train_dataloader``,
+    ``val_dataloader``), wrapped by :func:`as_lightning` for the Trainer.
+    """
+
+    def __init__(self, config: SeparatorTrainingConfig, sample_rate: int):
+        from sed.mining import load_manifest
+
+        self.cfg = config
+        mix = config.mixing
+        self.manifest = load_manifest(config.manifest)
+        seconds = mix.segment_seconds or float(self.manifest.config.get("segment_seconds", 2.0))
+        self.segment_samples = int(round(seconds * sample_rate))
+        self.store = SegmentStore(self.manifest, sample_rate, self.segment_samples, mix.cache_mb)
+        names = self.manifest.class_names
+        labels_used = set(int(k) for ls in self.store.labels for k in ls)
+        num_classes = len(names) if names else max(labels_used) + 1
+        self.overlap = LabelOverlap(num_classes, self.manifest.class_mids, names, mix.ontology)
+        if mix.condition == "latent":
+            self.conditions = self.manifest.latents.float()
+            rows = list(range(len(self.store)))
+        else:
+            from safetensors.torch import load_file
+
+            emb = load_file(mix.embeddings)
+            if "embeddings" not in emb:
+                raise ConfigError(f"{mix.embeddings}: no tensor named 'embeddings' (classes, D); it has {sorted(emb)}")
+            self.conditions = emb["embeddings"].float()
+            if self.conditions.shape[0] < num_classes:
+                raise ConfigError(f"{mix.embeddings}: {self.conditions.shape[0]} rows for {num_classes} classes")
+            rows = self.store.mined_label
+        self.cond_dim = int(self.conditions.shape[-1])
+        train_idx, val_idx = _split_by_clip(self.store.clip_ids, mix.val_fraction, config.seed)
+        if len({self.store.mined_label[i] for i in val_idx}) < 2:
+            # too little held out (or val_fraction 0): validate on fixed mixtures of the training segments
+            log.warning("held-out segments cover fewer than 2 classes: validation mixtures come from the training segments")
+            val_idx = train_idx
+        self.train_set = MixtureDataset(self.store, train_idx, self.overlap, mix, config.seed, config.epoch_size,
+                                        self.conditions, rows)
+        self.val_set = (
+            MixtureDataset(self.store, val_idx, self.overlap, mix, config.seed + _VAL_SEED_OFFSET, mix.val_size,
+                           self.conditions, rows)
+            if mix.val_size > 0 and val_idx else None
+        )
+
+    def _loader(self, ds: MixtureDataset, fixed: bool) -> torch.utils.data.DataLoader:
+        world = _rank_world()[1]
+        return torch.utils.data.DataLoader(
+            ds,
+            batch_size=self.cfg.batch_size,
+            sampler=MixtureSampler(len(ds) if fixed else max(1, self.cfg.epoch_size), fixed=fixed),
+            num_workers=self.cfg.num_workers,
+            persistent_workers=self.cfg.num_workers > 0,
+            drop_last=not fixed and self.cfg.epoch_size >= self.cfg.batch_size * world,
+            collate_fn=_collate,
+        )
+
+    def train_dataloader(self) -> torch.utils.data.DataLoader:
+        return self._loader(self.train_set, fixed=False)
+
+    def val_dataloader(self) -> torch.utils.data.DataLoader | list:
+        return self._loader(self.val_set, fixed=True) if self.val_set is not None else []
+
+
+def _collate(items: list[dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k in items[0]:
+        v = [it[k] for it in items]
+        out[k] = torch.stack(v) if isinstance(v[0], torch.Tensor) else torch.tensor(v)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# LightningModule
+# ----------------------------------------------------------------------------------------------
+class SeparatorModule(L.LightningModule):
+    """Trains any separator ``model(mixture (B, 1, T), condition (B, D)) -> (B, 1, T)``.
+
+    Args:
+        model: the network (a :class:`~separator.models.QueryUNet` or any module with that contract).
+        loss: ``l1`` (official), ``sisdr`` or ``mrstft``.
+        optimizer: ``adam`` or ``adamw``; ``lr``, ``weight_decay``, ``amsgrad``.
+        warmup_steps: linear warm-up of the learning rate from ``lr / warmup_steps``.
+    """
+
+    def __init__(self, model: nn.Module, loss: str = "l1", optimizer: str = "adam", lr: float = 1e-3,
+                 weight_decay: float = 0.0, amsgrad: bool = True, warmup_steps: int = 0):
+        super().__init__()
+        if loss not in LOSSES:
+            raise ValueError(f"loss={loss!r}; choose one of {sorted(LOSSES)}")
+        self.model = model
+        self.loss_name = loss
+        self.loss_fn = LOSSES[loss]
+        self.optimizer_name = optimizer
+        self.lr, self.weight_decay, self.amsgrad, self.warmup_steps = lr, weight_decay, amsgrad, warmup_steps
+        self.save_hyperparameters(ignore=["model"])
+
+    def forward(self, mixture: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
+        return self.model(mixture, condition)
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        est = self.model(batch["mixture"], batch["condition"])  # (batch, 1, T)
+        loss = self.loss_fn(est.float(), batch["target"])
+        self.log("train/loss", loss, prog_bar=True, batch_size=est.shape[0])
+        return loss
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        est = self.model(batch["mixture"], batch["condition"]).float()
+        ref, mix = batch["target"], batch["mixture"]
+        n = est.shape[0]
+        s = si_sdr(est, ref)
+        self.log("val/loss", self.loss_fn(est, ref), sync_dist=True, batch_size=n)
+        self.log("val/sdr", sdr(est, ref).mean(), sync_dist=True, batch_size=n)
+        self.log("val/sisdr", s.mean(), sync_dist=True, batch_size=n)
+        self.log("val/sisdri", (s - si_sdr(mix, ref)).mean(), sync_dist=True, prog_bar=True, batch_size=n)
+
+    def configure_optimizers(self):
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if self.optimizer_name == "adamw":
+            opt = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay, amsgrad=self.amsgrad)
+        else:
+            opt = torch.optim.Adam(params, lr=self.lr, weight_decay=self.weight_decay, amsgrad=self.amsgrad)
+        if self.warmup_steps <= 0:
+            return opt
+        warm = self.warmup_steps
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / warm))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+# ----------------------------------------------------------------------------------------------
+# wiring
+# ----------------------------------------------------------------------------------------------
+def build_model(config: SeparatorTrainingConfig, cond_dim: int) -> tuple[nn.Module, dict[str, Any]]:
+    """The separator of ``config`` (fresh weights) and its component config dict."""
+    from separator.checkpoint import build_component
+
+    if config.model_kind == "query_unet":
+        from separator.models import preset
+
+        changes = dict(config.model)
+        if changes.get("cond_dim", cond_dim) != cond_dim:
+            raise ConfigError(f"model.cond_dim={changes['cond_dim']} but the conditions are {cond_dim}-d; drop model.cond_dim")
+        changes["cond_dim"] = cond_dim
+        model_cfg = to_dict(preset(config.model_preset, **changes))
+    else:
+        model_cfg = dict(config.model)
+        model_cfg.setdefault("cond_dim", cond_dim)
+    return build_component(config.model_kind, model_cfg), model_cfg
+
+
+class _LightningDataModule(L.LightningDataModule):
+    """Hands :class:`SeparatorDataModule`'s loaders to the Trainer (module level, so DDP spawn can pickle it)."""
+
+    def __init__(self, dm: SeparatorDataModule):
+        super().__init__()
+        self.dm = dm
+
+    def train_dataloader(self) -> torch.utils.data.DataLoader:
+        return self.dm.train_dataloader()
+
+    def val_dataloader(self) -> torch.utils.data.DataLoader | list:
+        return self.dm.val_dataloader()  # [] without a validation set (the Trainer then has limit_val_batches=0)
+
+
+def _precision(config: SeparatorTrainingConfig) -> str:
+    if config.precision != "auto":
+        return config.precision
+    on_gpu = config.accelerator in ("gpu", "cuda") or (config.accelerator == "auto" and torch.cuda.is_available())
+    return "bf16-mixed" if on_gpu else "32-true"
+
+
+def export_checkpoint(ckpt_path: str | os.PathLike, model: nn.Module, kind: str, model_config: Mapping[str, Any],
+                      out: str | os.PathLike, detector: str | os.PathLike | None = None,
+                      metadata: Mapping[str, Any] | None = None) -> Path:
+    """Write a qsep model folder from a Lightning checkpoint of :class:`SeparatorModule`.
+
+    Component ``separator`` (``kind``); with ``detector`` (a model folder holding an ``htsat`` component) also
+    component ``audio_encoder``, so audio queries work with the exported model. Metadata ``class_names`` is then
+    the detector's class list (``training_classes``: the classes of the mined segments).
+    """
+    from separator.checkpoint import CheckpointError, Component, ModelFolder, load_strict, save_model
+
+    ckpt = torch.load(str(ckpt_path), map_location="cpu", weights_only=True)
+    sd = {k[len("model."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+    load_strict(model, sd, what=f"{ckpt_path}")
+    components = {"separator": Component(kind, dict(model_config), model.state_dict())}
+    if detector is not None:
+        folder = ModelFolder(detector)
+        names = [n for n in folder.components if folder.kind(n) == "htsat"]
+        if not names:
+            raise CheckpointError(f"{detector} holds no HTS-AT component (kinds: "
+                                  f"{sorted({folder.kind(n) for n in folder.components})})")
+        name = "audio_encoder" if "audio_encoder" in names else names[0]
+        components["audio_encoder"] = Component("htsat", folder.component_config(name), folder.state_dict(name))
+        metadata = dict(metadata or {})
+        if folder.metadata.get("class_names") is not None:
+            # the encoder's own label space (what `sed.load_detector` checks against its head)
+            metadata["training_classes"] = metadata.get("class_names")
+            metadata["class_names"] = folder.metadata["class_names"]
+    return save_model(out, components, metadata=dict(metadata or {}), overwrite=True)
+
+
+def train_separator(config: SeparatorTrainingConfig) -> Path:
+    """Train a separator on mined segments; returns the exported model folder (or the run folder if ``export`` is off).
+
+    Re-running the same config after a kill resumes from ``out_dir/checkpoints/last.ckpt``.
+    """
+    import yaml
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.loggers import CSVLogger
+
+    if not config.manifest:
+        raise ConfigError("manifest is not set: give the output folder of `qsep mine`")
+    out = Path(config.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+    L.seed_everything(config.seed, workers=True, verbose=False)
+
+    if config.model_kind == "query_unet":
+        from separator.models import preset
+
+        rate = preset(config.model_preset, **{k: v for k, v in config.model.items() if k != "cond_dim"}).sample_rate
+    else:
+        from separator.models import QueryUNetConfig
+
+        rate = int(config.model.get("sample_rate", QueryUNetConfig().sample_rate))
+    dm = SeparatorDataModule(config, rate)
+    model, model_cfg = build_model(config, dm.cond_dim)
+    module = SeparatorModule(model, config.loss, config.optimizer, config.lr, config.weight_decay, config.amsgrad,
+                             config.warmup_steps)
+    ckpt_dir = out / "checkpoints"
+    has_val = dm.val_set is not None
+    best = ModelCheckpoint(dirpath=ckpt_dir, filename="best-{epoch}-{step}", monitor="val/sisdri" if has_val else None,
+                           mode="max", save_top_k=1, save_last=False)
+    # last.ckpt every N steps (a kill loses at most N steps) and at every epoch end (a finished run resumes
+    # to "nothing left to do"); Lightning wants the two triggers in separate callbacks
+    last = ModelCheckpoint(dirpath=ckpt_dir, filename="last-steps", save_top_k=0, save_last=True,
+                           every_n_train_steps=config.checkpoint_every_steps)
+    last_epoch = ModelCheckpoint(dirpath=ckpt_dir, filename="last-epoch", save_top_k=0, save_last=True, every_n_epochs=1)
+    trainer = L.Trainer(
+        accelerator=config.accelerator,
+        devices=config.devices,
+        num_nodes=config.num_nodes,
+        strategy=config.strategy,
+        precision=_precision(config),
+        max_epochs=config.max_epochs,
+        max_steps=config.max_steps,
+        gradient_clip_val=config.grad_clip,
+        callbacks=[best, last, last_epoch],
+        logger=CSVLogger(str(out), name="logs", version=0),
+        enable_progress_bar=config.progress,
+        enable_model_summary=config.progress,
+        log_every_n_steps=config.log_every_n_steps,
+        use_distributed_sampler=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=1.0 if has_val else 0,
+        deterministic=False,
+    )
+    resume = ckpt_dir / "last.ckpt"
+    ckpt_path = str(resume) if config.resume and resume.is_file() else None
+    if ckpt_path:
+        log.info("resuming from %s", ckpt_path)
+    trainer.fit(module, datamodule=_LightningDataModule(dm), ckpt_path=ckpt_path)
+    if not config.export:
+        return out
+    chosen = best.best_model_path or str(resume)
+    if trainer.is_global_zero:
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+        meta = {
+            "trained_with": "qsep train separator",
+            "condition": config.mixing.condition,
+            "sample_rate": rate,
+            "segment_samples": dm.segment_samples,
+            "class_names": dm.manifest.class_names,
+            "manifest": str(config.manifest),
+            "checkpoint": Path(chosen).name,
+            "best_val_sisdri": float(best.best_model_score) if best.best_model_score is not None else None,
+            "last_val": metrics,
+        }
+        fresh, _ = build_model(config, dm.cond_dim)
+        export_checkpoint(chosen, fresh, config.model_kind, model_cfg, out / "model", config.detector, meta)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+    return out / "model"
