@@ -1,0 +1,160 @@
+"""``QueryUNet``: mixture waveform + condition vector -> waveform of the queried source.
+
+Pipeline (all presets; the ``zsass`` preset reproduces the official ZS-ASS separator):
+
+1. STFT of the mixture; magnitude ``|X|`` without epsilon. Inputs of at most
+   ``n_fft/2`` samples (too short for reflect padding; the official code fails
+   on them) are zero-extended first and the output is cropped back.
+2. ``input_norm``: BatchNorm over the frequency bins (official ``bn0``), THEN
+   zero-pad time at the end to a multiple of the U-Net down-sampling factor
+   (the zeros are not normalised), then drop the Nyquist bin.
+3. Optional frequency fold (adjacent bins -> channels), the conditioned U-Net,
+   unfold.
+4. The Nyquist bin gets logit 0 (mask sigmoid(0) = 0.5), time is cropped back.
+5. Mask: ``sigmoid(logit) * |X|`` with the mixture phase
+   ``X / max(|X|, phase_floor)`` (``magnitude``), optionally rotated by a
+   predicted unit phasor (``complex``); ISTFT to the input length.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+from separator.config import from_dict, to_dict
+from separator.dsp import istft, stft
+from separator.models.blocks import BlockStack, DecoderStage, EncoderStage
+from separator.models.config import QueryUNetConfig
+
+__all__ = ["QueryUNet", "build_from_config"]
+
+
+class QueryUNet(nn.Module):
+    """Query-conditioned spectrogram U-Net (one configurable class for every preset).
+
+    ``model(mixture (B, 1, T), condition (B, D)) -> (B, 1, T)`` at ``config.sample_rate``.
+    """
+
+    def __init__(self, config: QueryUNetConfig):
+        super().__init__()
+        self.config = config
+        c = config
+        common = dict(cond_dim=c.cond_dim, conditioning=c.conditioning, act=c.activation, bn_momentum=c.bn_momentum)
+        self.input_norm = nn.BatchNorm2d(c.n_fft // 2 + 1, momentum=c.bn_momentum) if c.input_norm else None
+        self.out_per_bin = 3 if c.mask == "complex" else 1  # magnitude logit (+ phase re, im)
+        cin = c.freq_fold
+        self.encoders = nn.ModuleList()
+        for ch in c.channels:
+            self.encoders.append(EncoderStage(BlockStack(c.blocks_per_stage, c.block, cin, ch, **common)))
+            cin = ch
+        self.bottleneck = BlockStack(c.blocks_per_stage, c.block, cin, c.bottleneck, **common)
+        cin = c.bottleneck
+        self.decoders = nn.ModuleList()
+        for ch in reversed(c.channels):
+            blocks = BlockStack(c.blocks_per_stage, c.block, 2 * ch, ch, **common)
+            self.decoders.append(DecoderStage(cin, ch, c.up_kernel, blocks, **common))
+            cin = ch
+        self.after = BlockStack(1, c.block, cin, cin, **common)
+        self.head = nn.Conv2d(cin, self.out_per_bin * c.freq_fold, 1)
+        if c.mask == "complex":
+            # the phase rotation starts as the identity (re = 1, im = 0), so an untrained
+            # model keeps the mixture phase instead of scrambling it
+            with torch.no_grad():
+                self.head.weight[c.freq_fold:].zero_()
+                self.head.bias[c.freq_fold: 2 * c.freq_fold].fill_(1.0)
+                self.head.bias[2 * c.freq_fold:].zero_()
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, mixture: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
+        """Separate the source described by ``condition``.
+
+        Args:
+            mixture: ``(batch, 1, time)`` waveform at ``config.sample_rate``.
+            condition: ``(batch, cond_dim)`` query vector.
+
+        Returns:
+            ``(batch, 1, time)`` target estimate (same length as ``mixture``).
+        """
+        return self.forward_debug(mixture, condition)["wav"]
+
+    def forward_debug(self, mixture: torch.Tensor, condition: torch.Tensor) -> dict[str, torch.Tensor]:
+        """:meth:`forward` plus intermediate tensors for tests and analysis.
+
+        Returns a dict with
+            ``wav`` (B, 1, T); ``magnitude`` mixture ``|X|`` (B, 1, frames, bins);
+            ``mask_logits`` (B, K, frames, bins) with K = 1 (``magnitude``) or
+            3 (``complex``: magnitude logit, phase re, phase im), Nyquist logits 0;
+            ``sp`` masked magnitude (B, 1, frames, bins).
+        """
+        c = self.config
+        if mixture.dim() != 3 or mixture.shape[1] != 1:
+            raise ValueError(f"mixture must be (batch, 1, time), got {tuple(mixture.shape)}")
+        if condition.dim() != 2 or condition.shape != (mixture.shape[0], c.cond_dim):
+            raise ValueError(
+                f"condition must be (batch={mixture.shape[0]}, cond_dim={c.cond_dim}), got {tuple(condition.shape)}"
+            )
+        length = mixture.shape[-1]
+        x = mixture[:, 0].float()  # (batch, time)
+        short = c.n_fft // 2 + 1 - length
+        if c.center and short > 0:  # reflect padding needs more than n_fft/2 samples: zero-extend, crop at the end
+            x = F.pad(x, (0, short))
+        with torch.autocast(mixture.device.type, enabled=False):
+            spec = stft(x, c.stft)  # (batch, bins, frames) complex
+            spec = rearrange(spec, "b f n -> b 1 n f")  # (batch, 1, frames, bins)
+            mag = spec.abs()  # no epsilon (official)
+        logits = self._network(mag, condition.to(mag.dtype))  # (batch, K, frames, bins)
+        with torch.autocast(mixture.device.type, enabled=False):
+            logits = logits.float()
+            sp = torch.sigmoid(logits[:, :1]) * mag  # (batch, 1, frames, bins)
+            denom = mag.clamp(min=c.phase_floor)
+            cos, sin = spec.real / denom, spec.imag / denom
+            if c.mask == "complex":
+                pr, pi = logits[:, 1:2], logits[:, 2:3]
+                norm = torch.sqrt(pr**2 + pi**2).clamp(min=1e-8)
+                pr, pi = pr / norm, pi / norm
+                cos, sin = cos * pr - sin * pi, sin * pr + cos * pi
+            target = torch.complex(sp * cos, sp * sin)
+            wav = istft(rearrange(target, "b 1 n f -> b 1 f n"), c.stft, x.shape[-1])[..., :length]  # (batch, 1, time)
+        return {"wav": wav, "magnitude": mag, "mask_logits": logits, "sp": sp}
+
+    def _network(self, mag: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """Magnitude (B, 1, frames, bins) -> mask logits (B, K, frames, bins)."""
+        c = self.config
+        frames = mag.shape[2]
+        x = mag
+        if self.input_norm is not None:
+            # BatchNorm over the frequency bins: bins become the channel axis
+            x = self.input_norm(rearrange(x, "b 1 n f -> b f n 1"))
+            x = rearrange(x, "b f n 1 -> b 1 n f")  # (batch, 1, frames, bins)
+        pad = (-frames) % c.downsample
+        x = F.pad(x, (0, 0, 0, pad))  # zeros AFTER the norm (official)
+        x = x[..., :-1]  # drop the Nyquist bin -> (batch, 1, frames_pad, bins - 1)
+        x = rearrange(x, "b c n (f k) -> b (c k) n f", k=c.freq_fold)  # (batch, fold, frames_pad, bins/fold)
+        skips = []
+        for enc in self.encoders:
+            x, skip = enc(x, cond)
+            skips.append(skip)
+        x = self.bottleneck(x, cond)
+        for dec, skip in zip(self.decoders, reversed(skips)):
+            x = dec(x, skip, cond)
+        x = self.head(self.after(x, cond))  # (batch, K * fold, frames_pad, bins/fold)
+        x = rearrange(x, "b (m k) n f -> b m n (f k)", k=c.freq_fold)  # (batch, K, frames_pad, bins - 1)
+        x = F.pad(x, (0, 1))  # Nyquist logit 0 -> mask 0.5 (official)
+        return x[:, :, :frames]  # (batch, K, frames, bins)
+
+    # ------------------------------------------------------------------ helpers
+    def config_dict(self) -> dict[str, Any]:
+        """The config as a JSON-friendly dict (for :func:`build_from_config`)."""
+        return to_dict(self.config)
+
+    def num_parameters(self, trainable_only: bool = True) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
+
+
+def build_from_config(config: Mapping[str, Any] | QueryUNetConfig) -> QueryUNet:
+    """Builder for model-folder components of kind ``query_unet`` (a config dict or dataclass)."""
+    cfg = config if isinstance(config, QueryUNetConfig) else from_dict(QueryUNetConfig, config)
+    return QueryUNet(cfg)
