@@ -26,15 +26,20 @@ from __future__ import annotations
 import contextlib
 import os
 from dataclasses import dataclass
-from typing import Callable
+from pathlib import Path
+from typing import Any, Callable, Sequence
 
 import torch
 
 from separator import audio
+from separator import audio as audio_mod
 from separator.checkpoint import CheckpointError, ModelFolder
 from separator.dsp import chunked_apply, chunked_apply_stream
 
-__all__ = ["Separator", "SeparationResult", "DEFAULT_SEGMENT", "DEFAULT_OVERLAP", "DEFAULT_BATCH_SIZE"]
+__all__ = [
+    "Separator", "SeparationResult", "DEFAULT_SEGMENT", "DEFAULT_OVERLAP", "DEFAULT_BATCH_SIZE",
+    "DEFAULT_FILENAME", "resolve_device", "slugify", "output_path",
+]
 
 # Defaults, from a measurement (2026-11): SI-SDR of chunked vs unchunked output of the same
 # model (zsass with the fixture's synthetic official weights on 8 s of tones + chirp + noise;
@@ -52,6 +57,48 @@ DEFAULT_OVERLAP = 0.25
 DEFAULT_BATCH_SIZE = 1
 
 Progress = Callable[[int, int], None]
+#: output file name template of :meth:`Separator.separate_file` and ``qsep separate``
+DEFAULT_FILENAME = "{track}/{query}.{ext}"
+#: prefix of the residual's ``{query}`` name (Demucs' ``--two-stems`` convention: ``no_vocals``)
+RESIDUAL_PREFIX = "no_"
+
+
+def resolve_device(device: torch.device | str | None = "auto") -> torch.device:
+    """``"auto"`` -> CUDA when available, else CPU; asking for CUDA without it is an error that says so."""
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(
+            f"device {str(device)!r} was asked for, but CUDA is not available here "
+            f"(torch {torch.__version__}, built for CUDA {torch.version.cuda}); use --device cpu or auto"
+        )
+    return dev
+
+
+def slugify(text: str, max_len: int = 60) -> str:
+    """A file-name-safe version of a query name: ``"Dog barking!"`` -> ``"dog_barking"``."""
+    keep = "".join(ch.lower() if ch.isalnum() else "_" for ch in text.strip())
+    slug = "_".join(part for part in keep.split("_") if part)
+    return (slug or "query")[:max_len].rstrip("_")
+
+
+def output_path(out_dir: str | os.PathLike, template: str, track: str, query: str, ext: str) -> Path:
+    """Where one output goes: ``out_dir / template.format(track=, query=, ext=)``.
+
+    The template may use ``{track}`` (input file stem), ``{query}`` (slug of the query; the residual is
+    ``no_<query>``) and ``{ext}``; it must contain ``{query}`` so outputs of different queries differ.
+    """
+    if "{query}" not in template:
+        raise ValueError(f"--filename template {template!r} must contain {{query}} (else every query writes the same file)")
+    try:
+        rel = template.format(track=track, query=query, ext=ext)
+    except (KeyError, IndexError) as exc:
+        raise ValueError(f"--filename template {template!r} uses an unknown field {exc}; use {{track}}, {{query}}, {{ext}}") from None
+    rel_path = Path(rel)
+    if rel_path.is_absolute() or ".." in rel_path.parts:
+        raise ValueError(f"--filename template {template!r} must give a path inside the output folder, got {rel!r}")
+    return Path(out_dir) / rel_path
 
 
 @dataclass
@@ -61,6 +108,8 @@ class SeparationResult:
     target: torch.Tensor
     residual: torch.Tensor
     sample_rate: int
+    #: how the query became a condition (:class:`separator.query.ConditionResult`), when a query was given
+    query: Any = None
 
 
 class Separator:
@@ -87,7 +136,8 @@ class Separator:
     ):
         self.model = model.eval()
         self.model_folder = model_folder
-        self.device = torch.device(device)
+        self.device = resolve_device(device)
+        self._query_encoder: Any = None
         self.model.to(self.device)
         self.segment = float(segment)
         self.overlap = float(overlap)
@@ -97,16 +147,25 @@ class Separator:
     @classmethod
     def from_pretrained(
         cls,
-        path: str | os.PathLike,
-        device: torch.device | str = "cpu",
+        path: str | os.PathLike | None = None,
+        device: torch.device | str = "auto",
         component: str = "separator",
         **kwargs,
     ) -> "Separator":
-        """Load the ``separator`` component of a qsep model folder (or ``.safetensors`` model file).
+        """Load the ``separator`` component of a qsep model.
+
+        Args:
+            path: a model folder or ``.safetensors`` file, a model name from the search path, an
+                ``owner/repo`` Hugging Face id (with ``huggingface_hub``), or None for the shipped
+                default (see :func:`separator.hub.resolve_model`).
+            device: ``"auto"`` (CUDA if available, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
 
         Extra keyword arguments go to the constructor (segment, overlap, batch_size, bf16).
         """
-        folder = ModelFolder(path)
+        from separator.hub import resolve_model
+
+        device = resolve_device(device)
+        folder = ModelFolder(resolve_model(path))
         if not folder.has(component):
             raise CheckpointError(
                 f"{folder.path} has no {component!r} component (it has {sorted(folder.components)}); "
@@ -128,9 +187,128 @@ class Separator:
         return int(self.model.config.cond_dim)
 
     def to(self, device: torch.device | str) -> "Separator":
-        self.device = torch.device(device)
+        self.device = resolve_device(device)
         self.model.to(self.device)
+        if self._query_encoder is not None:
+            self._query_encoder.device = self.device
         return self
+
+    # ------------------------------------------------------------------ queries
+    @property
+    def query_encoder(self):
+        """The :class:`separator.query.QueryEncoder` over this model's components (encoders load on first use)."""
+        if self._query_encoder is None:
+            from separator.query import QueryEncoder
+
+            if self.model_folder is None:
+                raise CheckpointError("this Separator was built in memory; give conditions with separate_condition()")
+            self._query_encoder = QueryEncoder.from_model(self.model_folder, device=self.device)
+        return self._query_encoder
+
+    def encode_query(
+        self,
+        text: str | Sequence[str] | None = None,
+        audio: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
+        label: str | Sequence[str] | None = None,
+        embedding: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
+        negative: str | Sequence[str] | None = None,
+        weights: Sequence[float] | None = None,
+        negative_strength: float | None = None,
+    ):
+        """Encode a query once (to reuse it on many inputs): returns a :class:`separator.query.ConditionResult`.
+
+        Several positives (texts, the audio files as one example set, labels, embedding files) are
+        combined with ``weights``; ``negative`` texts are removed by condition arithmetic
+        (:mod:`separator.query.compose`).
+        """
+        from separator.query import Query
+
+        extra = {} if negative_strength is None else {"negative_strength": negative_strength}
+        query = Query.build(text=text, audio=audio, label=label, embedding=embedding, weights=weights,
+                            negative=negative, **extra)
+        return self.query_encoder.encode(query)
+
+    def separate(
+        self,
+        waveform: torch.Tensor,
+        sample_rate: int,
+        text: str | Sequence[str] | None = None,
+        audio: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
+        label: str | Sequence[str] | None = None,
+        embedding: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
+        negative: str | Sequence[str] | None = None,
+        weights: Sequence[float] | None = None,
+        condition: Any = None,
+        **chunking: Any,
+    ) -> SeparationResult:
+        """Separate what the query names from ``waveform`` ``(channels, time)`` or ``(time,)`` at ``sample_rate``.
+
+        Give the query as ``text=``, ``audio=`` (example files), ``label=``, ``embedding=`` (a file from
+        ``qsep embed``), alone or combined, with optional ``negative=`` texts; or a ready ``condition``
+        (a tensor, or the result of :meth:`encode_query`). ``chunking`` goes to :meth:`separate_condition`
+        (segment, overlap, batch_size, progress). Target and residual come back shaped like the input.
+        """
+        cond_result = self._resolve_condition(condition, text, audio, label, embedding, negative, weights)
+        vec = cond_result.condition if hasattr(cond_result, "condition") else cond_result
+        res = self.separate_condition(waveform, sample_rate, vec, **chunking)
+        res.query = cond_result if hasattr(cond_result, "condition") else None
+        return res
+
+    def _resolve_condition(self, condition, text, audio, label, embedding, negative, weights):
+        has_query = any(q is not None for q in (text, audio, label, embedding))
+        if condition is not None:
+            if has_query:
+                raise ValueError("give either condition= or a query (text/audio/label/embedding), not both")
+            return condition
+        if not has_query:
+            from separator.query import QueryError
+
+            raise QueryError("empty query: give text=, audio=, label= or embedding= (or a condition)")
+        return self.encode_query(text=text, audio=audio, label=label, embedding=embedding, negative=negative, weights=weights)
+
+    def separate_file(
+        self,
+        path: str | os.PathLike,
+        out_dir: str | os.PathLike = "separated",
+        text: str | Sequence[str] | None = None,
+        audio: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
+        label: str | Sequence[str] | None = None,
+        embedding: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
+        negative: str | Sequence[str] | None = None,
+        weights: Sequence[float] | None = None,
+        condition: Any = None,
+        name: str | None = None,
+        filename: str = DEFAULT_FILENAME,
+        residual: bool = True,
+        format: str = "wav",
+        bit_depth: str = "16",
+        overwrite: bool = False,
+        **chunking: Any,
+    ) -> dict[str, Any]:
+        """Separate a file, streaming it from and to disk; outputs keep its rate and channel count.
+
+        Returns ``{"target": Path, "residual": Path | None, "writers": {...}, "query": ConditionResult | None}``.
+        The writers' ``clipped``/``peak`` tell whether integer output had to clip (use ``bit_depth="32f"``
+        to keep overs). Existing outputs are never replaced unless ``overwrite``.
+        """
+        cond_result = self._resolve_condition(condition, text, audio, label, embedding, negative, weights)
+        vec = cond_result.condition if hasattr(cond_result, "condition") else cond_result
+        if name is None:
+            name = cond_result.query.short_name() if hasattr(cond_result, "query") else "condition"
+        ext = format.lower().lstrip(".")
+        track = Path(path).stem
+        target_path = output_path(out_dir, filename, track, slugify(name), ext)
+        residual_path = output_path(out_dir, filename, track, RESIDUAL_PREFIX + slugify(name), ext) if residual else None
+        for p in (target_path, residual_path):
+            if p is None:
+                continue
+            if p.exists() and not overwrite:
+                raise audio_mod.AudioWriteError(f"{p} exists; refusing to overwrite it (pass overwrite=True / --overwrite)")
+            p.parent.mkdir(parents=True, exist_ok=True)
+        writers = self.separate_file_condition(path, target_path, residual_path, vec, bit_depth=bit_depth,
+                                               overwrite=overwrite, **chunking)
+        return {"target": target_path, "residual": residual_path, "writers": writers,
+                "query": cond_result if hasattr(cond_result, "condition") else None}
 
     # ------------------------------------------------------------------ core
     def _condition(self, condition: torch.Tensor) -> torch.Tensor:

@@ -48,6 +48,8 @@ __all__ = [
     "check_finite",
     "is_audio_path",
     "AUDIO_EXTENSIONS",
+    "collect_audio_files",
+    "check_output_format",
 ]
 
 #: Extensions treated as audio when a folder is scanned for inputs.
@@ -302,6 +304,11 @@ def _subtype_for(path: Path, bit_depth: str) -> tuple[str, str]:
     return fmt, subtype
 
 
+def check_output_format(ext: str, bit_depth: str) -> None:
+    """Raise :class:`UnsupportedFormatError` unless files with extension ``ext`` can be written at ``bit_depth``."""
+    _subtype_for(Path(f"x.{ext.lstrip('.')}"), bit_depth)
+
+
 class AudioWriter:
     """Block-wise, atomic writer: blocks go to a temporary file that replaces ``path`` on success.
 
@@ -441,3 +448,43 @@ def save(
     with writer:
         writer.write(wav)
     return writer
+
+
+def collect_audio_files(inputs: "list[str | os.PathLike]") -> tuple[list[Path], list[str]]:
+    """Expand files, folders (recursively, by :data:`AUDIO_EXTENSIONS`) and glob patterns into audio files.
+
+    Returns:
+        ``(files, problems)``: the files in the order given (folders sorted, no duplicates) and one message per
+        input that matched nothing, so a caller can report them and go on with the rest.
+    """
+    import glob
+
+    files: list[Path] = []
+    problems: list[str] = []
+    seen: set[Path] = set()
+
+    def add(p: Path) -> None:
+        key = p.resolve()
+        if key not in seen:
+            seen.add(key)
+            files.append(p)
+
+    for item in inputs:
+        p = Path(item).expanduser()
+        if p.is_dir():
+            found = sorted(q for q in p.rglob("*") if q.is_file() and is_audio_path(q))
+            if not found:
+                problems.append(f"{p}: folder holds no audio files ({', '.join(AUDIO_EXTENSIONS)})")
+            for q in found:
+                add(q)
+        elif p.exists():
+            add(p)
+        elif any(ch in str(item) for ch in "*?["):
+            found = sorted(Path(q) for q in glob.glob(str(p), recursive=True) if Path(q).is_file())
+            if not found:
+                problems.append(f"{item}: pattern matches no file")
+            for q in found:
+                add(q)
+        else:
+            problems.append(f"{p}: file not found")
+    return files, problems

@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from pathlib import Path
-from typing import NoReturn, Optional, Optional
+from typing import NoReturn, Optional
 
 import typer
 from rich.console import Console
@@ -57,10 +56,103 @@ def _root(
     """Query-based universal audio source separation."""
 
 
-@app.command(context_settings=_PASSTHROUGH)
-def separate(ctx: typer.Context) -> None:
-    """Separate the queried sound from audio files (text, audio-example or label queries)."""
-    not_built("separate")
+@app.command()
+def separate(
+    inputs: list[str] = typer.Argument(..., help="Audio files, folders (searched recursively) or glob patterns.", show_default=False),
+    text: list[str] = typer.Option([], "--text", "-t", help="Text query, e.g. 'dog barking'. Repeat for several queries (one output each)."),
+    query_audio: list[Path] = typer.Option([], "--query-audio", "-a", help="Example recording of the target. All given files form ONE audio query (their embeddings are averaged)."),
+    label: list[str] = typer.Option([], "--label", "-l", help="Class label (from the model's label bank; unknown labels fall back to text). Repeatable."),
+    negative: list[str] = typer.Option([], "--not", help="Text of what NOT to separate, applied to every query. Repeatable."),
+    embedding: list[Path] = typer.Option([], "--embedding", "-e", help="Saved condition from `qsep embed` (no encoder is loaded). Repeatable."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model folder, name in the model search path, or owner/repo on the HF Hub. Default: the shipped model."),
+    out: Path = typer.Option(Path("separated"), "--out", "-o", help="Output folder."),
+    filename: str = typer.Option("{track}/{query}.{ext}", "--filename", help="Output path template inside --out: {track}, {query}, {ext}. The residual's {query} is no_<query>."),
+    residual: bool = typer.Option(True, "--residual/--no-residual", help="Also write the residual (mixture minus target)."),
+    segment: Optional[float] = typer.Option(None, "--segment", help="Chunk length in seconds (default 6)."),
+    overlap: Optional[float] = typer.Option(None, "--overlap", help="Chunk overlap as a fraction in [0, 1) (default 0.25)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Chunks per model call (default 1; raise on a GPU)."),
+    device: str = typer.Option("auto", "--device", "-d", help="auto, cpu, cuda or cuda:N."),
+    fmt: str = typer.Option("wav", "--format", help="Output format: wav or flac."),
+    bit_depth: str = typer.Option("16", "--bit-depth", help="16, 24 or 32f (float wav; keeps overs instead of clipping)."),
+    jobs: int = typer.Option(1, "--jobs", "-j", help="Files separated in parallel."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs (default: refuse)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or summary (errors are still printed)."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Say how each query was encoded (segments used, label matches)."),
+) -> None:
+    """Separate the queried sound from audio files; writes the target and the residual for each (file, query)."""
+    from separator.batch import SeparationJob, plan_queries, run_jobs
+
+    if fmt.lower() not in ("wav", "flac"):
+        fail(f"--format must be wav or flac, got {fmt!r}")
+    if not 0 < jobs <= 64:
+        fail(f"--jobs must be between 1 and 64, got {jobs}")
+    queries = plan_queries(text, query_audio, label, embedding, negative)
+    if not queries:
+        fail("empty query: give at least one --text, --query-audio, --label or --embedding")
+    from separator import audio as audio_io
+
+    files, problems = audio_io.collect_audio_files(inputs)
+    for msg in problems:
+        console.print(f"[bold red]error:[/] {msg}", highlight=False)
+    if not files:
+        fail("no input audio to separate")
+    sep = _load_separator(model, device, segment, overlap, batch_size)
+    conditions = {}
+    for name, q in queries.items():
+        try:
+            res = sep.query_encoder.encode(q)
+        except Exception as exc:  # QueryError, AudioError, CheckpointError: all actionable messages
+            fail(f"query {name!r}: {exc}")
+        for line in res.report_lines(verbose=verbose):
+            console.print(f"query {name!r}: {line}", highlight=False)
+        conditions[name] = res
+    job = SeparationJob(out_dir=out, filename=filename, residual=residual, fmt=fmt.lower(), bit_depth=bit_depth, overwrite=overwrite)
+    try:
+        job.check_template()
+    except (ValueError, audio_io.AudioError) as exc:
+        fail(str(exc))
+    results = run_jobs(sep, files, conditions, job, jobs=jobs, console=None if quiet else console)
+    failed = [r for r in results if r.error] + problems
+    if not quiet:
+        _print_separation_summary(results)
+    for r in results:
+        if r.error:
+            console.print(f"[bold red]error:[/] {r.input} [{r.query}]: {r.error}", highlight=False)
+    for r in results:
+        if r.clipped:
+            console.print(f"[yellow]warning:[/] {r.clipped} samples beyond ±1 were clipped in {r.target_path} / residual "
+                          f"(peak {r.peak:.2f}); use --bit-depth 32f to keep them", highlight=False)
+    if failed:
+        console.print(f"[bold red]{len(failed)} of {len(results) + len(problems)} separations failed[/]", highlight=False)
+        raise typer.Exit(1)
+
+
+def _load_separator(model: Optional[str], device: str, segment: Optional[float], overlap: Optional[float], batch_size: Optional[int]):
+    from separator.api import Separator, resolve_device
+    from separator.checkpoint import CheckpointError
+
+    try:
+        dev = resolve_device(device)
+    except (RuntimeError, ValueError) as exc:
+        fail(str(exc))
+    kwargs = {k: v for k, v in (("segment", segment), ("overlap", overlap), ("batch_size", batch_size)) if v is not None}
+    try:
+        return Separator.from_pretrained(model, device=dev, **kwargs)
+    except CheckpointError as exc:
+        fail(str(exc))
+
+
+def _print_separation_summary(results) -> None:
+    from rich.table import Table
+
+    table = Table(title="qsep separate")
+    for col in ("input", "query", "target", "duration", "x real time", "status"):
+        table.add_column(col)
+    for r in results:
+        status = "[red]" + r.error + "[/]" if r.error else "ok"
+        table.add_row(str(r.input), r.query, str(r.target_path or ""), f"{r.duration:.1f} s" if r.duration else "",
+                      f"{r.rtf:.1f}" if r.rtf else "", status)
+    console.print(table)
 
 
 @app.command()
@@ -125,7 +217,7 @@ def embed(
     negative: list[str] = typer.Option(None, "--not", help="Text of a sound NOT to separate (repeatable)."),
     negative_audio: list[str] = typer.Option(None, "--not-audio", help="Recording of a sound NOT to separate (repeatable)."),
     negative_label: list[str] = typer.Option(None, "--not-label", help="Label of a sound NOT to separate (repeatable)."),
-    negative_strength: float = typer.Option(0.5, "--negative-strength", help="How strongly negatives are removed (beta)."),
+    negative_strength: float = typer.Option(None, "--negative-strength", help="How strongly negatives are removed (beta, default 0.25; 1 wrecked separation in tests, keep it small)."),
     negative_method: str = typer.Option("subtract", "--negative-method", help="subtract or reject (see docs)."),
     text_encoder: str = typer.Option(None, "--text-encoder", help="Override the text encoder spec the model's projection was trained with."),
     relative_db: float = typer.Option(None, "--relative-db", help="Audio queries: drop segments more than this many dB below the file's loudest segment (default 40)."),
@@ -148,7 +240,8 @@ def embed(
         query = Query.build(
             text=text or None, audio=audio or None, label=label or None, embedding=embedding or None,
             weights=weight or None, negative=negative or None, negative_audio=negative_audio or None,
-            negative_label=negative_label or None, negative_strength=negative_strength, negative_method=negative_method,
+            negative_label=negative_label or None, negative_method=negative_method,
+            **({"negative_strength": negative_strength} if negative_strength is not None else {}),
         )
         needs_model = any(i.kind != "embedding" for i in query.positives + query.negatives)
         if model is None and needs_model:
@@ -240,10 +333,33 @@ def _mining_dataset(data: str, data_format: str | None, audio_dir: str | None, c
     fail(f"--format must be manifest, hdf5 or audioset, got {fmt!r}")
 
 
-@app.command(context_settings=_PASSTHROUGH)
-def models(ctx: typer.Context) -> None:
-    """List the models qsep can find (shipped default and user folders)."""
-    not_built("models")
+@app.command()
+def models(
+    folders: list[Path] = typer.Argument(None, help="Extra model folders (or folders of models) to list."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """List the models qsep can find: the shipped default, $QSEP_MODELS, ~/.cache/qsep/models, and FOLDERS."""
+    import json as _json
+
+    from rich.table import Table
+
+    from separator.hub import DEFAULT_MODEL, list_models, search_path
+
+    entries = list_models(list(folders or []))
+    if as_json:
+        typer.echo(_json.dumps([{**e.__dict__, "path": str(e.path)} for e in entries], indent=2))
+        return
+    if not entries:
+        console.print(f"no models found in {', '.join(str(d) for d in search_path())}; the default ({DEFAULT_MODEL}) "
+                      "is not shipped with this version", highlight=False)
+        return
+    table = Table(title="qsep models")
+    for col in ("name", "queries", "rate", "size", "preset", "path"):
+        table.add_column(col)
+    for e in entries:
+        table.add_row(e.name, ", ".join(e.query_types) if not e.error else f"[red]{e.error}[/]",
+                      f"{e.sample_rate} Hz" if e.sample_rate else "", f"{e.size_mb:.1f} MB", e.preset or "", str(e.path))
+    Console().print(table)
 
 
 def _parse_overrides(items: list[str]) -> dict:

@@ -1,0 +1,163 @@
+"""Batch separation of many files with several queries: what ``qsep separate`` runs.
+
+Each query is encoded once and reused for every input; each (input, query) pair is streamed from disk to
+disk by :meth:`separator.api.Separator.separate_file`. A failing input (unreadable, corrupt, existing
+output) is recorded and the others go on.
+"""
+from __future__ import annotations
+
+import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from separator.api import DEFAULT_FILENAME, Separator, output_path, slugify
+
+__all__ = ["SeparationJob", "JobResult", "plan_queries", "run_jobs"]
+
+
+@dataclass
+class SeparationJob:
+    """Output settings shared by every (input, query) pair."""
+
+    out_dir: Path
+    filename: str = DEFAULT_FILENAME
+    residual: bool = True
+    fmt: str = "wav"
+    bit_depth: str = "16"
+    overwrite: bool = False
+
+    def check_template(self) -> None:
+        """Raise ValueError now (before any work) if the file name template is unusable."""
+        from separator.audio import check_output_format
+
+        check_output_format(self.fmt, self.bit_depth)
+        output_path(self.out_dir, self.filename, "track", "query", self.fmt)
+
+
+@dataclass
+class JobResult:
+    """What happened to one (input, query) pair."""
+
+    input: Path
+    query: str
+    target_path: Path | None = None
+    residual_path: Path | None = None
+    duration: float = 0.0
+    seconds: float = 0.0
+    clipped: int = 0
+    peak: float = 0.0
+    error: str | None = None
+
+    @property
+    def rtf(self) -> float:
+        """Real-time factor: audio seconds per wall second."""
+        return self.duration / self.seconds if self.seconds > 0 else 0.0
+
+
+def plan_queries(
+    texts: Sequence[str] = (),
+    audio_files: Sequence[str | os.PathLike] = (),
+    labels: Sequence[str] = (),
+    embeddings: Sequence[str | os.PathLike] = (),
+    negatives: Sequence[str] = (),
+) -> dict[str, Any]:
+    """One :class:`separator.query.Query` per text, per label, per embedding file, and one for all audio files.
+
+    Returns ``{name: Query}`` with file-name-safe, unique names. ``negatives`` apply to every query.
+    """
+    from separator.query import Query
+
+    specs: list[tuple[str, dict[str, Any]]] = [(t, {"text": t}) for t in texts]
+    if audio_files:
+        specs.append(("+".join(Path(f).stem for f in audio_files), {"audio": list(audio_files)}))
+    specs += [(lab, {"label": lab}) for lab in labels]
+    specs += [(Path(e).stem, {"embedding": e}) for e in embeddings]
+    out: dict[str, Any] = {}
+    for name, kw in specs:
+        base = slugify(name + ("-not-" + "+".join(negatives) if negatives else ""))
+        key, i = base, 2
+        while key in out:
+            key, i = f"{base}_{i}", i + 1
+        out[key] = Query.build(negative=list(negatives) or None, **kw)
+    return out
+
+
+def _one(sep: Separator, path: Path, name: str, condition: Any, job: SeparationJob, progress: Any, task_of: dict) -> JobResult:
+    from separator import audio
+
+    res = JobResult(path, name)
+    try:
+        res.duration = audio.info(path).duration
+        task = None
+        if progress is not None:
+            task = progress.add_task(f"{path.name} [{name}]", total=None)
+            task_of[threading.get_ident()] = task
+
+        def tick(done: int, total: int) -> None:
+            if progress is not None:
+                progress.update(task, completed=done, total=total)
+
+        t0 = time.perf_counter()
+        out = sep.separate_file(path, job.out_dir, condition=condition.condition, name=name, filename=job.filename,
+                                residual=job.residual, format=job.fmt, bit_depth=job.bit_depth,
+                                overwrite=job.overwrite, progress=tick)
+        res.seconds = time.perf_counter() - t0
+        res.target_path, res.residual_path = out["target"], out["residual"]
+        res.clipped = sum(w.clipped for w in out["writers"].values())
+        res.peak = max((w.peak for w in out["writers"].values()), default=0.0)
+        if progress is not None:
+            progress.remove_task(task)
+    except Exception as exc:  # every failure of one input is reported, the rest go on
+        res.error = f"{type(exc).__name__}: {exc}"
+    return res
+
+
+def run_jobs(
+    sep: Separator,
+    files: Sequence[Path],
+    conditions: dict[str, Any],
+    job: SeparationJob,
+    jobs: int = 1,
+    console: Any = None,
+) -> list[JobResult]:
+    """Separate every file with every encoded query (``{name: ConditionResult}``).
+
+    ``jobs`` pairs run in parallel threads (the model is shared; torch releases the GIL). With a rich
+    ``console``, shows an overall bar and one bar per running pair (chunks done / total).
+    """
+    pairs = [(Path(f), name, cond) for f in files for name, cond in conditions.items()]
+    progress = None
+    if console is not None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                            console=console, transient=False)
+    task_of: dict[int, Any] = {}
+    results: list[JobResult] = []
+    with progress if progress is not None else _Null():
+        overall = progress.add_task("all", total=len(pairs)) if progress is not None else None
+
+        def work(pair: tuple[Path, str, Any]) -> JobResult:
+            r = _one(sep, pair[0], pair[1], pair[2], job, progress, task_of)
+            if progress is not None:
+                progress.advance(overall)
+            return r
+
+        if jobs <= 1:
+            results = [work(p) for p in pairs]
+        else:
+            with ThreadPoolExecutor(max_workers=jobs) as pool:
+                results = list(pool.map(work, pairs))
+    return results
+
+
+class _Null:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
