@@ -14,7 +14,6 @@ the token-semantic model) is dropped. Any other unknown or missing key is an err
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import pickle
 from pathlib import Path
@@ -22,7 +21,7 @@ from typing import Any, Mapping
 
 import torch
 
-from separator.checkpoint import CheckpointError, Component, save_model
+from separator.checkpoint import CheckpointError, Component, file_sha256, save_model
 from separator.config import to_dict
 from sed.config import htsat_config
 from sed.features import stft_kernels
@@ -169,12 +168,6 @@ def select_prefix(state_dict: Mapping[str, Any], prefixes: tuple[str, ...], what
     return prefix
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _import(ckpt: str | os.PathLike, out_dir: str | os.PathLike, preset: str, prefixes: tuple[str, ...],
@@ -189,7 +182,7 @@ def _import(ckpt: str | os.PathLike, out_dir: str | os.PathLike, preset: str, pr
         "class_names": None,  # the AudioSet class list is not shipped; outputs are class indices
         "source": source,
         "source_checkpoint": ckpt.name,
-        "source_sha256": _sha256(ckpt),
+        "source_sha256": file_sha256(ckpt),
         "source_prefix": prefix,
     }
     return save_model(out_dir, {COMPONENT: comp}, metadata=metadata, overwrite=overwrite)

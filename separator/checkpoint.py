@@ -46,6 +46,7 @@ __all__ = [
     "load_strict",
     "build_component",
     "qsep_version",
+    "file_sha256",
 ]
 
 FORMAT = "qsep-model"
@@ -274,6 +275,17 @@ def load_strict(module: torch.nn.Module, state_dict: Mapping[str, torch.Tensor],
     if problems:
         raise CheckpointError(f"{what} does not fit its architecture: " + "; ".join(problems))
     module.load_state_dict(dict(state_dict), strict=True)
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 of a file, read in 1 MB blocks (provenance of imported checkpoints)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def _short(items: list[str], n: int = 12) -> str:

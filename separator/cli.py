@@ -642,6 +642,17 @@ def evaluate_mixtures(
     console.print(f"results in {out / stem}.json / .md")
 
 
+def _run_import(importer, ckpt: Path, out: Path, trust_pickle: bool, overwrite: bool, note: str = "") -> None:
+    """Run one official-checkpoint importer and report where the model folder went."""
+    from separator.checkpoint import CheckpointError
+
+    try:
+        folder = importer(ckpt, out, trust_pickle=trust_pickle, overwrite=overwrite)
+    except CheckpointError as exc:
+        fail(str(exc))
+    console.print(f"wrote {folder}{note}", highlight=False)
+
+
 @import_app.command("htsat")
 def import_htsat(
     ckpt: Path = typer.Argument(..., help="HTSAT_AudioSet_Saved_*.ckpt (Lightning checkpoint)."),
@@ -650,14 +661,9 @@ def import_htsat(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing model folder."),
 ) -> None:
     """Import an official HTS-AT AudioSet checkpoint (prefix `sed_model.`)."""
-    from separator.checkpoint import CheckpointError
-    from sed.official import import_htsat as run
+    from sed.official import import_htsat
 
-    try:
-        folder = run(ckpt, out, trust_pickle=trust_pickle, overwrite=overwrite)
-    except CheckpointError as exc:
-        fail(str(exc))
-    console.print(f"wrote {folder}", highlight=False)
+    _run_import(import_htsat, ckpt, out, trust_pickle, overwrite, "")
 
 
 @import_app.command("zsass-sed")
@@ -668,14 +674,9 @@ def import_zsass_sed(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing model folder."),
 ) -> None:
     """Import the ST-SED query encoder inside a ZS-ASS checkpoint (prefix `at_model.sed_model.`)."""
-    from separator.checkpoint import CheckpointError
-    from sed.official import import_zsass_sed as run
+    from sed.official import import_zsass_sed
 
-    try:
-        folder = run(ckpt, out, trust_pickle=trust_pickle, overwrite=overwrite)
-    except CheckpointError as exc:
-        fail(str(exc))
-    console.print(f"wrote {folder}", highlight=False)
+    _run_import(import_zsass_sed, ckpt, out, trust_pickle, overwrite, "")
 
 
 @import_app.command("zsass")
@@ -686,14 +687,9 @@ def import_zsass(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing model folder."),
 ) -> None:
     """Import an official ZS-ASS checkpoint (separator + 2048-d query encoder)."""
-    from separator.checkpoint import CheckpointError
-    from separator.official import import_zsass as run
+    from separator.official import import_zsass
 
-    try:
-        folder = run(ckpt, out, trust_pickle=trust_pickle, overwrite=overwrite)
-    except CheckpointError as exc:
-        fail(str(exc))
-    console.print(f"wrote {folder} (components: separator, audio_encoder)", highlight=False)
+    _run_import(import_zsass, ckpt, out, trust_pickle, overwrite, " (components: separator, audio_encoder)")
 
 
 def main() -> None:

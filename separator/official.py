@@ -17,7 +17,6 @@ Reading the file is delegated to :func:`sed.official.read_official_checkpoint`
 """
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import re
@@ -26,7 +25,7 @@ from typing import Mapping
 
 import torch
 
-from separator.checkpoint import CheckpointError, Component, save_model
+from separator.checkpoint import CheckpointError, Component, file_sha256, save_model
 from separator.config import to_dict
 from separator.models import QueryUNet, preset
 
@@ -169,12 +168,6 @@ def convert_separator_state_dict(state_dict: Mapping[str, torch.Tensor]) -> Comp
     return Component("query_unet", to_dict(cfg), ordered)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def import_zsass(
@@ -219,7 +212,7 @@ def import_zsass(
     metadata = {
         "source": "official ZS-ASS checkpoint (RetroCirce/Zero_Shot_Audio_Source_Separation)",
         "source_checkpoint": ckpt.name,
-        "source_sha256": _sha256(ckpt),
+        "source_sha256": file_sha256(ckpt),
         "separator_preset": ZSASS_SEPARATOR_PRESET,
         "audio_encoder_preset": ZSASS_ENCODER_PRESET,
         "query_types": ["audio", "embedding"],
