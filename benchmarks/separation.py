@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> None:
             print(rows[-1], file=sys.stderr)
     if a.demucs_seconds > 0:
         try:
-            import demucs  # noqa: F401
+            import demucs.apply  # noqa: F401 - only to see whether it is installed
 
             rows.append(run_worker("benchmarks.separation", {"preset": "htdemucs", "seconds": a.demucs_seconds,
                                                              "threads": a.threads, "device": a.device}))
