@@ -7,6 +7,7 @@ names them.
 from __future__ import annotations
 
 import dataclasses
+import types
 import typing
 from pathlib import Path
 from typing import Any, Mapping, TypeVar
@@ -50,8 +51,15 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
         return tuple(value)
     if origin is list and isinstance(value, (list, tuple)):
         return list(value)
-    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+    numeric = tp is float or (origin in (typing.Union, types.UnionType) and float in typing.get_args(tp))
+    if numeric and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if numeric and isinstance(value, str):
+        # YAML 1.1 reads "1e-3" (no dot) as a string; accept it as the number it is meant to be
+        try:
+            return float(value)
+        except ValueError:
+            raise ConfigError(f"{where}: expected a number, got {value!r}") from None
     return value
 
 

@@ -121,3 +121,18 @@ def test_config_round_trip_and_yaml_override(tmp_path):
         override(cfg, {"lrr": 2})
     with pytest.raises(ConfigError, match=r"unknown field\(s\) \['c'\]"):
         from_dict(Inner, {"c": 1})
+
+
+@dataclass
+class Numbers:
+    lr: float = 1e-3
+    wd: float | None = None
+
+
+def test_yaml_exponent_without_dot_is_a_number(tmp_path):
+    y = tmp_path / "n.yaml"
+    y.write_text("lr: 3e-4\nwd: 1e-2\n")  # YAML 1.1 reads these as strings
+    cfg = from_yaml(Numbers(), y)
+    assert cfg.lr == 3e-4 and cfg.wd == 1e-2
+    with pytest.raises(ConfigError, match="expected a number"):
+        from_dict(Numbers, {"lr": "fast"})
