@@ -118,6 +118,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--demucs-seconds", type=float, default=60, help="0 to skip HT Demucs")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    p.add_argument("--name", default="separation", help="report file name (without extension)")
     a = p.parse_args(argv)
     if a.worker:
         job = json.loads(a.worker)
@@ -140,8 +141,8 @@ def main(argv: list[str] | None = None) -> None:
             print("demucs is not installed (pip install demucs): skipping the HT Demucs comparison", file=sys.stderr)
     cols = [("preset", "model"), ("seconds", "input s"), ("wall_s", "wall s"), ("rtf", "x real time"),
             ("peak_rss_mb", "peak RSS MB"), ("params_m", "params M"), ("error", "error")]
-    write_report(a.out, "separation", rows, cols, notes="44.1 kHz stereo, one query, random weights; file streamed from/to disk.")
-    _plot(rows, a.out / "separation.png")
+    write_report(a.out, a.name, rows, cols, notes="44.1 kHz stereo, one query, random weights; file streamed from/to disk.")
+    _plot(rows, a.out / f"{a.name}.png")
 
 
 if __name__ == "__main__":
