@@ -12,7 +12,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(autouse=True)
 def _deterministic():
-    """Every test starts from the same torch RNG state and a fixed thread count."""
+    """Every test starts from the same torch RNG state (test files that train set one thread themselves)."""
     torch.manual_seed(0)
     yield
 
