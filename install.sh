@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One-command set-up of qsep on a Debian/Ubuntu machine (x86_64, Python >= 3.10):
 #   system packages (ffmpeg for MUSDB18 .mp4 stems, libsndfile), a virtual environment in .venv
-#   with the exact pinned versions of constraints.txt, qsep itself (editable), then `qsep --help`.
+#   with the exact pinned versions of constraints.txt, qsep itself (editable), then `qsep --help` and a first
+#   separation of examples/demo_mix.flac with the shipped model.
 # Re-running it is safe: finished steps are fast no-ops.
 #   QSEP_VENV=path   put the environment elsewhere (default: .venv next to this file)
 #   QSEP_NO_APT=1    skip the system packages (install ffmpeg yourself: conda install ffmpeg / brew install ffmpeg)
@@ -30,3 +31,5 @@ echo "== installing qsep and its pinned dependencies (about 5 GB, a few minutes 
 
 echo "== qsep is installed: $venv/bin/qsep"
 "$venv/bin/qsep" --help
+echo "== first separation with the shipped model: examples/demo_mix.flac -> separated/demo_mix/{vocals,no_vocals}.wav"
+"$venv/bin/qsep" separate "$here/examples/demo_mix.flac" --text vocals -o "$here/separated" --overwrite
