@@ -6,8 +6,8 @@ output) is recorded and the others go on.
 """
 from __future__ import annotations
 
+import contextlib
 import os
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -86,7 +86,7 @@ def plan_queries(
     return out
 
 
-def _one(sep: Separator, path: Path, name: str, condition: Any, job: SeparationJob, progress: Any, task_of: dict) -> JobResult:
+def _one(sep: Separator, path: Path, name: str, condition: Any, job: SeparationJob, progress: Any) -> JobResult:
     from separator import audio
 
     res = JobResult(path, name)
@@ -95,7 +95,6 @@ def _one(sep: Separator, path: Path, name: str, condition: Any, job: SeparationJ
         task = None
         if progress is not None:
             task = progress.add_task(f"{path.name} [{name}]", total=None)
-            task_of[threading.get_ident()] = task
 
         def tick(done: int, total: int) -> None:
             if progress is not None:
@@ -136,13 +135,12 @@ def run_jobs(
 
         progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                             console=console, transient=False)
-    task_of: dict[int, Any] = {}
     results: list[JobResult] = []
-    with progress if progress is not None else _Null():
+    with progress if progress is not None else contextlib.nullcontext():
         overall = progress.add_task("all", total=len(pairs)) if progress is not None else None
 
         def work(pair: tuple[Path, str, Any]) -> JobResult:
-            r = _one(sep, pair[0], pair[1], pair[2], job, progress, task_of)
+            r = _one(sep, pair[0], pair[1], pair[2], job, progress)
             if progress is not None:
                 progress.advance(overall)
             return r
@@ -154,10 +152,3 @@ def run_jobs(
                 results = list(pool.map(work, pairs))
     return results
 
-
-class _Null:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: Any) -> None:
-        return None
