@@ -46,7 +46,18 @@ def machine() -> dict[str, Any]:
 
 
 def peak_rss_mb() -> float:
-    """Peak resident set size of this process so far, MB."""
+    """Peak resident set size of this process so far, MB.
+
+    Linux: ``VmHWM`` of ``/proc/self/status``. Not ``ru_maxrss``: a child inherits its parent's
+    high-water mark through fork + exec, so a worker started by a parent that holds a big
+    model would report the parent's peak.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    except (OSError, ValueError, IndexError):
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 

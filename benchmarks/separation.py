@@ -1,20 +1,35 @@
 """Separation throughput and peak memory vs input length, qsep presets and (optionally) HT Demucs.
 
     python -m benchmarks.separation [--presets resunet_film_small zsass] [--durations 10 180 1800]
-                                     [--threads 2] [--device cpu] [--out benchmarks/results]
+                                     [--rate 44100] [--channels 2] [--threads 2] [--device cpu]
+                                     [--segment S] [--overlap F] [--batch-size N] [--repeats 3]
+                                     [--query-encoder] [--name separation] [--out benchmarks/results]
 
-Every (preset, duration) runs in its own process on a 44.1 kHz stereo file streamed from and to disk
-(``Separator.separate_file_condition``), with random weights (speed does not depend on them) and one
-condition vector; real-time factor = audio seconds / wall seconds. If the ``demucs`` package is
-installed, HT Demucs (``htdemucs`` architecture, random weights, ``apply_model(shifts=0, split=True,
-overlap=0.25)``) runs on the same in-memory audio in the same way, for a same-run comparison. Results:
-``<out>/separation.{json,md,png}``.
+Every (preset, duration) runs in its own process on a file streamed from and to disk
+(``Separator.separate_file_condition``; 44.1 kHz stereo unless ``--rate``/``--channels`` say otherwise),
+with random weights (speed does not depend on them) and one condition vector, after a 2-s warm-up;
+the wall time is the median of ``--repeats`` runs (one run for inputs over 5 minutes); real-time factor
+= audio seconds / wall seconds; peak RSS is the process's. ``--query-encoder`` also loads the preset's
+HTS-AT audio query encoder (``zsass_2048d``) in the same process and encodes a 10-s example query
+in each run, in the order of ``qsep separate`` (encode, free the encoder, load the separator,
+separate): the encoding time and the encoder's memory are then included. Model loading is timed
+apart (``load_s``). If the
+``demucs`` package is installed, HT Demucs (``htdemucs`` architecture, random weights,
+``apply_model(shifts=0, split=True, overlap=0.25)``) runs on in-memory audio of ``--demucs-seconds`` in
+the same way, for a same-run comparison. Results: ``<out>/<name>.{json,md,png}``.
+
+The input of the issue's ZS-ASS reference figure (60 s of 32 kHz mono, one query, no overlap, query
+encoder loaded; the reference cuts 2-s segments, qsep its own default or ``--segment``)::
+
+    python -m benchmarks.separation --presets zsass --durations 60 --rate 32000 --channels 1 \
+        --overlap 0 --query-encoder --demucs-seconds 0 --name zsass_reference
 """
 from __future__ import annotations
 
 import argparse
 import json
 import math
+import statistics
 import sys
 import tempfile
 import time
@@ -25,48 +40,94 @@ import torch
 from benchmarks.common import peak_rss_mb, run_worker, write_report
 
 RATE = 44100
+LONG = 300  # seconds: inputs longer than this are timed once
 
 
-def _write_test_file(path: Path, seconds: float) -> None:
+def _write_test_file(path: Path, seconds: float, rate: int = RATE, channels: int = 2) -> None:
     """Band-limited noise + tones, written block by block (never all in memory)."""
     from separator.audio import AudioWriter
 
     g = torch.Generator().manual_seed(0)
-    block = RATE * 10
-    n = int(seconds * RATE)
-    with AudioWriter(path, RATE, 2, bit_depth="16") as w:
+    block = rate * 10
+    n = int(seconds * rate)
+    with AudioWriter(path, rate, channels, bit_depth="16") as w:
         for start in range(0, n, block):
             m = min(block, n - start)
-            t = (torch.arange(m) + start) / RATE
-            x = 0.1 * torch.randn(2, m, generator=g) + 0.2 * torch.sin(2 * math.pi * 220 * t)
+            t = (torch.arange(m) + start) / rate
+            x = 0.1 * torch.randn(channels, m, generator=g) + 0.2 * torch.sin(2 * math.pi * 220 * t)
             w.write(x.clamp(-1, 1))
 
 
-def _qsep_worker(job: dict) -> dict:
-    from separator.api import Separator
+def _model_folder(path: Path, preset_name: str, query_encoder: bool) -> None:
+    """A model folder with random weights: the separator, and the HTS-AT audio query encoder if asked."""
     from separator.checkpoint import Component, save_model
+    from separator.config import to_dict
     from separator.models import build_from_config, preset
 
+    cfg = preset(preset_name)
+    components = {"separator": Component("query_unet", to_dict(cfg), build_from_config(cfg).state_dict())}
+    if query_encoder:
+        from sed.config import htsat_config
+        from sed.htsat import HTSAT
+
+        enc = htsat_config("zsass_2048d")
+        components["audio_encoder"] = Component("htsat", to_dict(enc), HTSAT(enc).state_dict())
+    save_model(path, components)
+
+
+def _qsep_worker(job: dict) -> dict:
+    import gc
+
+    from separator.api import Separator
+    from separator.query import Query, QueryEncoder
+
     torch.set_num_threads(job["threads"])
+    rate, channels = job.get("rate", RATE), job.get("channels", 2)
+    kwargs = {k: job[k] for k in ("segment", "overlap", "batch_size") if job.get(k) is not None}
+    loads: list[float] = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        cfg = preset(job["preset"])
-        model = build_from_config(cfg)
-        from separator.config import to_dict
+        src, warm, query = tmp / "in.wav", tmp / "warm.wav", tmp / "query.wav"
+        _write_test_file(src, job["seconds"], rate, channels)
+        _write_test_file(warm, 2.0, rate, channels)
+        _write_test_file(query, 10.0, 32000, 1)
 
-        save_model(tmp / "m", {"separator": Component("query_unet", to_dict(cfg), model.state_dict())})
-        del model
-        src = tmp / "in.wav"
-        _write_test_file(src, job["seconds"])
-        sep = Separator.from_pretrained(tmp / "m", device=job["device"])
-        cond = torch.randn(cfg.cond_dim, generator=torch.Generator().manual_seed(1))
-        kwargs = {k: job[k] for k in ("segment", "overlap", "batch_size") if job.get(k) is not None}
-        base_rss = peak_rss_mb()
-        t0 = time.perf_counter()
-        sep.separate_file_condition(src, tmp / "t.wav", tmp / "r.wav", cond, **kwargs)
-        wall = time.perf_counter() - t0
-    return {**job, "wall_s": wall, "rtf": job["seconds"] / wall, "peak_rss_mb": peak_rss_mb(), "rss_before_mb": base_rss,
-            "params_m": sum(p.numel() for p in sep.model.parameters()) / 1e6}
+        def run(path: Path) -> tuple[float, Separator]:
+            """Seconds to encode the query (if asked) and separate ``path``, in the order of ``qsep
+            separate``: encode with the query encoder alone in memory, free it, load the separator,
+            separate. Loading is timed apart (``loads``)."""
+            seconds = 0.0
+            cond = torch.randn(Separator.open_model(job["model"]).component_config("separator")["cond_dim"],
+                               generator=torch.Generator().manual_seed(1))
+            if job.get("query_encoder"):
+                t0 = time.perf_counter()
+                encoder = QueryEncoder.from_model(job["model"], device=job["device"])
+                encoder.audio  # loads the HTS-AT
+                loads.append(time.perf_counter() - t0)
+                t0 = time.perf_counter()
+                cond = encoder.encode(Query.build(audio=[query])).condition
+                seconds += time.perf_counter() - t0
+                del encoder
+                gc.collect()
+            t0 = time.perf_counter()
+            sep = Separator.from_pretrained(job["model"], device=job["device"])
+            loads.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            sep.separate_file_condition(path, tmp / "t.wav", tmp / "r.wav", cond, **kwargs)
+            return seconds + time.perf_counter() - t0, sep
+
+        run(warm)
+        gc.collect()
+        repeats = 1 if job["seconds"] > LONG else job.get("repeats", 3)
+        times = []
+        for _ in range(repeats):
+            seconds, sep = run(src)
+            times.append(seconds)
+        wall = statistics.median(times)
+        segment = sep._chunking(rate, int(job["seconds"] * rate), job.get("segment"), None, None)[0] / rate
+    return {**job, "overlap": sep.overlap if job.get("overlap") is None else job["overlap"], "wall_s": wall,
+            "runs": repeats, "rtf": job["seconds"] / wall, "peak_rss_mb": peak_rss_mb(), "load_s": statistics.median(loads),
+            "params_m": sum(p.numel() for p in sep.model.parameters()) / 1e6, "segment_s": segment}
 
 
 def _demucs_worker(job: dict) -> dict:
@@ -79,10 +140,13 @@ def _demucs_worker(job: dict) -> dict:
     x = 0.1 * torch.randn(1, 2, int(job["seconds"] * RATE), generator=g)
     with torch.inference_mode():
         apply_model(model, x[..., : RATE * 5], shifts=0, split=True, overlap=0.25, progress=False)  # warm-up
-        t0 = time.perf_counter()
-        apply_model(model, x, shifts=0, split=True, overlap=0.25, progress=False)
-        wall = time.perf_counter() - t0
-    return {**job, "wall_s": wall, "rtf": job["seconds"] / wall, "peak_rss_mb": peak_rss_mb(),
+        times = []
+        for _ in range(1 if job["seconds"] > LONG else job.get("repeats", 3)):
+            t0 = time.perf_counter()
+            apply_model(model, x, shifts=0, split=True, overlap=0.25, progress=False)
+            times.append(time.perf_counter() - t0)
+        wall = statistics.median(times)
+    return {**job, "wall_s": wall, "runs": len(times), "rtf": job["seconds"] / wall, "peak_rss_mb": peak_rss_mb(),
             "params_m": sum(p.numel() for p in model.parameters()) / 1e6}
 
 
@@ -116,6 +180,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--segment", type=float, default=None, help="seconds (default: the API's)")
     p.add_argument("--overlap", type=float, default=None)
     p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--rate", type=int, default=RATE, help="sample rate of the test file")
+    p.add_argument("--channels", type=int, default=2, help="channels of the test file")
+    p.add_argument("--repeats", type=int, default=3, help="timed runs per input (median; 1 above 5 minutes)")
+    p.add_argument("--query-encoder", action="store_true", help="load the HTS-AT audio query encoder and encode a query per run")
     p.add_argument("--demucs-seconds", type=float, default=60, help="0 to skip HT Demucs")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     p.add_argument("--name", default="separation", help="report file name (without extension)")
@@ -125,23 +193,32 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(_demucs_worker(job) if job["preset"] == "htdemucs" else _qsep_worker(job)))
         return
     rows = []
-    for name in a.presets:
-        for sec in a.durations:
-            job = {"preset": name, "seconds": sec, "threads": a.threads, "device": a.device,
-                   "segment": a.segment, "overlap": a.overlap, "batch_size": a.batch_size}
-            rows.append(run_worker("benchmarks.separation", job))
-            print(rows[-1], file=sys.stderr)
+    with tempfile.TemporaryDirectory() as models:  # written here, so the workers' peak RSS is loading + running only
+        for name in a.presets:
+            model = Path(models) / name
+            _model_folder(model, name, a.query_encoder)
+            for sec in a.durations:
+                job = {"preset": name, "model": str(model), "seconds": sec, "threads": a.threads, "device": a.device,
+                       "rate": a.rate, "channels": a.channels, "repeats": a.repeats, "query_encoder": a.query_encoder,
+                       "segment": a.segment, "overlap": a.overlap, "batch_size": a.batch_size}
+                rows.append(run_worker("benchmarks.separation", job))
+                print(rows[-1], file=sys.stderr)
     if a.demucs_seconds > 0:
         try:
             import demucs.apply  # noqa: F401 - only to see whether it is installed
 
             rows.append(run_worker("benchmarks.separation", {"preset": "htdemucs", "seconds": a.demucs_seconds,
-                                                             "threads": a.threads, "device": a.device}))
+                                                             "threads": a.threads, "device": a.device,
+                                                             "repeats": a.repeats}))
         except ImportError:
             print("demucs is not installed (pip install demucs): skipping the HT Demucs comparison", file=sys.stderr)
-    cols = [("preset", "model"), ("seconds", "input s"), ("wall_s", "wall s"), ("rtf", "x real time"),
-            ("peak_rss_mb", "peak RSS MB"), ("params_m", "params M"), ("error", "error")]
-    write_report(a.out, a.name, rows, cols, notes="44.1 kHz stereo, one query, random weights; file streamed from/to disk.")
+    cols = [("preset", "model"), ("seconds", "input s"), ("segment_s", "segment s"), ("overlap", "overlap"),
+            ("wall_s", "wall s"), ("runs", "runs"), ("rtf", "x real time"), ("peak_rss_mb", "peak RSS MB"),
+            ("params_m", "params M"), ("error", "error")]
+    notes = (f"{a.rate} Hz, {a.channels} channel(s), one query{' (HTS-AT audio query encoded per run)' if a.query_encoder else ''}, "
+             "random weights; file streamed from/to disk; median of the runs after a 2-s warm-up. "
+             "HT Demucs: in-memory, all 4 stems, same threads.")
+    write_report(a.out, a.name, rows, cols, notes=notes)
     _plot(rows, a.out / f"{a.name}.png")
 
 

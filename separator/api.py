@@ -20,6 +20,11 @@ How inputs are handled:
 * Long inputs are cut into overlapping chunks (``segment`` seconds, ``overlap``
   fraction), cross-faded with a Hann taper and normalised by the summed
   weights (:func:`separator.dsp.chunked_apply`). Nothing is dropped at the tail.
+  The segment is rounded to the nearest length the U-Net runs without padding,
+  and an input shorter than a segment is one chunk of its own length (``snap_segment``).
+* :meth:`Separator.from_pretrained` prepares the model it loads for inference
+  (BatchNorm folded into convolutions, channels-last weights:
+  :func:`separator.models.prepare_for_inference`).
 """
 from __future__ import annotations
 
@@ -34,6 +39,7 @@ import torch
 from separator import audio
 from separator import audio as audio_mod
 from separator.checkpoint import CheckpointError, ModelFolder
+from separator.models import prepare_for_inference
 from separator.dsp import chunked_apply, chunked_apply_stream
 
 __all__ = [
@@ -122,6 +128,10 @@ class Separator:
         device: where the model runs.
         segment, overlap, batch_size: default chunking (seconds, fraction, chunks per call).
         bf16: use bfloat16 autocast on CUDA (ignored on CPU).
+        snap_segment: round the segment to the nearest length the model runs without
+            padding (:meth:`~separator.models.QueryUNetConfig.padding_free_length`:
+            6 s -> 5.755 s for ``zsass``, 6.075 s for ``resunet_film_small``), and run an
+            input shorter than one segment as a single chunk of its own length.
     """
 
     def __init__(
@@ -133,6 +143,7 @@ class Separator:
         overlap: float = DEFAULT_OVERLAP,
         batch_size: int = DEFAULT_BATCH_SIZE,
         bf16: bool = False,
+        snap_segment: bool = True,
     ):
         self.model = model.eval()
         self.model_folder = model_folder
@@ -143,6 +154,7 @@ class Separator:
         self.overlap = float(overlap)
         self.batch_size = int(batch_size)
         self.bf16 = bool(bf16)
+        self.snap_segment = bool(snap_segment)
 
     @classmethod
     def from_pretrained(
@@ -162,9 +174,17 @@ class Separator:
 
         Extra keyword arguments go to the constructor (segment, overlap, batch_size, bf16).
         """
+        device = resolve_device(device)
+        folder = cls.open_model(path, component)
+        # this model is ours alone: fold BatchNorms into convolutions, channels-last weights
+        model = prepare_for_inference(folder.build(component, device))
+        return cls(model, model_folder=folder, device=device, **kwargs)
+
+    @staticmethod
+    def open_model(path: str | os.PathLike | None = None, component: str = "separator") -> ModelFolder:
+        """Resolve ``path`` as :meth:`from_pretrained` does and check it holds a separator; loads no weights."""
         from separator.hub import resolve_model
 
-        device = resolve_device(device)
         folder = ModelFolder(resolve_model(path))
         if not folder.has(component):
             raise CheckpointError(
@@ -173,8 +193,7 @@ class Separator:
             )
         if folder.kind(component) != "query_unet":
             raise CheckpointError(f"{folder.path}: component {component!r} is a {folder.kind(component)!r}, not a query_unet")
-        model = folder.build(component, device)
-        return cls(model, model_folder=folder, device=device, **kwargs)
+        return folder
 
     # ------------------------------------------------------------------ properties
     @property
@@ -204,6 +223,18 @@ class Separator:
                 raise CheckpointError("this Separator was built in memory; give conditions with separate_condition()")
             self._query_encoder = QueryEncoder.from_model(self.model_folder, device=self.device)
         return self._query_encoder
+
+    def release_query_encoder(self) -> None:
+        """Free the query encoders (loaded again on the next query).
+
+        Encode every query first, release, then separate: the separation then runs without the
+        encoders' memory (the ZS-ASS audio encoder alone has 200 M parameters). ``qsep separate``
+        goes further and encodes before it loads the separator at all.
+        """
+        self._query_encoder = None
+        import gc
+
+        gc.collect()
 
     def encode_query(
         self,
@@ -347,13 +378,23 @@ class Separator:
 
         return fn
 
-    def _chunking(self, sample_rate: int, segment: float | None, overlap: float | None, batch_size: int | None):
+    def _chunking(self, sample_rate: int, length: int, segment: float | None, overlap: float | None,
+                  batch_size: int | None) -> tuple[int, float, int]:
+        """(segment samples at ``sample_rate``, overlap fraction, batch size) for an input of ``length`` samples."""
         seg = self.segment if segment is None else float(segment)
         ov = self.overlap if overlap is None else float(overlap)
         bs = self.batch_size if batch_size is None else int(batch_size)
         if seg <= 0:
             raise ValueError(f"segment must be > 0 seconds, got {seg}")
-        return max(1, int(round(seg * sample_rate))), ov, bs
+        config = getattr(self.model, "config", None)
+        if not (self.snap_segment and hasattr(config, "padding_free_length")):
+            return max(1, int(round(seg * sample_rate))), ov, bs
+        # the chunk the model sees (after resampling) is as long as it runs without padding; an
+        # input shorter than that is one chunk of its own length (the U-Net pads it after its
+        # input norm, as the official ZS-ASS forward does, instead of seeing zero audio)
+        to_model = config.sample_rate / sample_rate
+        segment_samples = max(1, int(config.padding_free_length(seg * config.sample_rate) / to_model))
+        return (length if 0 < length <= segment_samples else segment_samples), ov, bs
 
     def separate_condition(
         self,
@@ -395,7 +436,7 @@ class Separator:
         mono = wav.dim() == 1
         x = wav.to(torch.float32)[None] if mono else wav.to(torch.float32)  # (channels, time)
         cond = self._condition(condition)
-        seg, ov, bs = self._chunking(int(sample_rate), segment, overlap, batch_size)
+        seg, ov, bs = self._chunking(int(sample_rate), x.shape[-1], segment, overlap, batch_size)
         with torch.inference_mode():
             out = chunked_apply(self._chunk_fn(cond, int(sample_rate)), x, seg, ov, bs, progress=progress)  # (2, C, T)
         out = out.cpu()
@@ -436,7 +477,7 @@ class Separator:
                 name: audio.AudioWriter(path, rate, channels, bit_depth=bit_depth, overwrite=overwrite)
                 for name, path in (("target", out_path_target), ("residual", out_path_residual)) if path is not None
             }
-            seg, ov, bs = self._chunking(rate, segment, overlap, batch_size)
+            seg, ov, bs = self._chunking(rate, reader.frames, segment, overlap, batch_size)
             with contextlib.ExitStack() as stack:
                 for w in writers.values():
                     stack.enter_context(w)

@@ -44,6 +44,8 @@ __all__ = [
     "ModelFolder",
     "save_model",
     "load_strict",
+    "check_fit",
+    "SafetensorsReader",
     "build_component",
     "qsep_version",
     "file_sha256",
@@ -234,13 +236,96 @@ class ModelFolder:
         return out
 
     def build(self, name: str, device: torch.device | str = "cpu") -> torch.nn.Module:
-        """Build component ``name``, load its weights strictly, and return it in eval mode."""
+        """Build component ``name``, load its weights strictly, and return it in eval mode.
+
+        Tensors are read from the file one at a time into the module's own, so loading needs
+        the model's memory plus its largest tensor, not twice the model.
+        """
         module = build_component(self.kind(name), self.component_config(name))
-        load_strict(module, self.state_dict(name), what=f"{self.path} [{name}]")
+        prefix = f"{name}."
+        with SafetensorsReader(self.weights_path) as f:
+            keys = {k[len(prefix):]: k for k in f.keys() if k.startswith(prefix)}
+            own = module.state_dict()
+            check_fit({k: tuple(v.shape) for k, v in own.items()}, {k: f.shape(full) for k, full in keys.items()},
+                      f"{self.path} [{name}]")
+            with torch.no_grad():
+                for k, full in keys.items():
+                    own[k].copy_(f.get_tensor(full))
         return module.to(device).eval()
 
     def size_bytes(self) -> int:
         return self.weights_path.stat().st_size
+
+
+_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+
+
+class SafetensorsReader:
+    """Reads tensors of a ``.safetensors`` file one at a time with plain file reads.
+
+    ``safetensors.safe_open`` memory-maps the file, and every mapped page it touches counts
+    in the process's resident memory until the file is closed, so loading a model through it
+    peaks at twice the model. This reader holds one tensor at a time: a 670 MB ``zsass``
+    separator loads at 670 MB plus its largest tensor. Errors name the file.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        try:
+            self._file = self.path.open("rb")
+            size = self.path.stat().st_size
+            n = int.from_bytes(self._file.read(8), "little")
+            if size < 8 or n <= 0 or 8 + n > size:
+                raise ValueError("bad header length")
+            header = json.loads(self._file.read(n))
+        except (OSError, ValueError) as exc:
+            if hasattr(self, "_file"):
+                self._file.close()
+            raise CheckpointError(f"cannot read {self.path}: not a valid safetensors file ({exc})") from exc
+        self._data = 8 + n
+        header.pop("__metadata__", None)
+        self._entries: dict[str, dict[str, Any]] = header
+        for key, e in header.items():
+            begin, end = e.get("data_offsets", (0, -1))
+            dtype = _DTYPES.get(e.get("dtype"))
+            expected = None if dtype is None else _numel(e.get("shape", [])) * torch.empty((), dtype=dtype).element_size()
+            if expected is None or end - begin != expected or self._data + end > size:
+                self._file.close()
+                raise CheckpointError(f"cannot read {self.path}: tensor {key!r} has a bad entry {e}")
+
+    def __enter__(self) -> "SafetensorsReader":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._file.close()
+
+    def keys(self) -> list[str]:
+        return list(self._entries)
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        return tuple(self._entries[key]["shape"])
+
+    def get_tensor(self, key: str) -> torch.Tensor:
+        e = self._entries[key]
+        begin, end = e["data_offsets"]
+        buf = bytearray(end - begin)
+        self._file.seek(self._data + begin)
+        if self._file.readinto(buf) != len(buf):
+            raise CheckpointError(f"cannot read {self.path}: the file ends inside tensor {key!r}")
+        if not buf:
+            return torch.empty(self.shape(key), dtype=_DTYPES[e["dtype"]])
+        return torch.frombuffer(buf, dtype=_DTYPES[e["dtype"]]).reshape(self.shape(key))
+
+
+def _numel(shape: list[int]) -> int:
+    n = 1
+    for d in shape:
+        n *= int(d)
+    return n
 
 
 def build_component(kind: str, config: Mapping[str, Any]) -> torch.nn.Module:
@@ -257,13 +342,17 @@ def build_component(kind: str, config: Mapping[str, Any]) -> torch.nn.Module:
 
 def load_strict(module: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], what: str = "model") -> None:
     """Load ``state_dict`` into ``module``; any missing, unexpected or mis-shaped key is an error naming it."""
-    own = module.state_dict()
-    missing = sorted(set(own) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(own))
+    check_fit({k: tuple(v.shape) for k, v in module.state_dict().items()},
+              {k: tuple(v.shape) for k, v in state_dict.items()}, what)
+    module.load_state_dict(dict(state_dict), strict=True)
+
+
+def check_fit(own: Mapping[str, tuple[int, ...]], given: Mapping[str, tuple[int, ...]], what: str = "model") -> None:
+    """Raise :class:`CheckpointError` naming every missing, unexpected or mis-shaped key (key -> shape maps)."""
+    missing = sorted(set(own) - set(given))
+    unexpected = sorted(set(given) - set(own))
     shapes = sorted(
-        f"{k}: file {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}"
-        for k in set(own) & set(state_dict)
-        if tuple(own[k].shape) != tuple(state_dict[k].shape)
+        f"{k}: file {given[k]} vs model {own[k]}" for k in set(own) & set(given) if tuple(own[k]) != tuple(given[k])
     )
     problems = []
     if missing:
@@ -274,7 +363,6 @@ def load_strict(module: torch.nn.Module, state_dict: Mapping[str, torch.Tensor],
         problems.append(f"shape mismatches {_short(shapes)}")
     if problems:
         raise CheckpointError(f"{what} does not fit its architecture: " + "; ".join(problems))
-    module.load_state_dict(dict(state_dict), strict=True)
 
 
 def file_sha256(path: str | os.PathLike) -> str:

@@ -96,16 +96,26 @@ def separate(
         console.print(f"[bold red]error:[/] {msg}", highlight=False)
     if not files:
         fail("no input audio to separate")
-    sep = _load_separator(model, device, segment, overlap, batch_size)
+    # encode every query before the separator loads, so the query encoders (the ZS-ASS audio
+    # encoder has 200 M parameters) and the separator are never in memory together
+    folder = _open_separator_model(model)
+    from separator.query import QueryEncoder
+
+    encoder = QueryEncoder.from_model(folder, device=_device(device))
     conditions = {}
     for name, q in queries.items():
         try:
-            res = sep.query_encoder.encode(q)
+            res = encoder.encode(q)
         except Exception as exc:  # QueryError, AudioError, CheckpointError: all actionable messages
             fail(f"query {name!r}: {exc}")
         for line in res.report_lines(verbose=verbose):
             console.print(f"query {name!r}: {line}", highlight=False)
         conditions[name] = res
+    del encoder, res
+    import gc
+
+    gc.collect()
+    sep = _load_separator(str(folder.path), device, segment, overlap, batch_size)
     job = SeparationJob(out_dir=out, filename=filename, residual=residual, fmt=fmt.lower(), bit_depth=bit_depth, overwrite=overwrite)
     try:
         job.check_template()
@@ -127,14 +137,31 @@ def separate(
         raise typer.Exit(1)
 
 
-def _load_separator(model: Optional[str], device: str, segment: Optional[float], overlap: Optional[float], batch_size: Optional[int]):
-    from separator.api import Separator, resolve_device
+def _device(device: str):
+    from separator.api import resolve_device
+
+    try:
+        return resolve_device(device)
+    except (RuntimeError, ValueError) as exc:
+        fail(str(exc))
+
+
+def _open_separator_model(model: Optional[str]):
+    """The model folder ``--model`` names (checked to hold a separator), or exit with the reason."""
+    from separator.api import Separator
     from separator.checkpoint import CheckpointError
 
     try:
-        dev = resolve_device(device)
-    except (RuntimeError, ValueError) as exc:
+        return Separator.open_model(model)
+    except CheckpointError as exc:
         fail(str(exc))
+
+
+def _load_separator(model: Optional[str], device: str, segment: Optional[float], overlap: Optional[float], batch_size: Optional[int]):
+    from separator.api import Separator
+    from separator.checkpoint import CheckpointError
+
+    dev = _device(device)
     kwargs = {k: v for k, v in (("segment", segment), ("overlap", overlap), ("batch_size", batch_size)) if v is not None}
     try:
         return Separator.from_pretrained(model, device=dev, **kwargs)

@@ -29,12 +29,14 @@ class Conditioning(nn.Module):
         self.mode = mode
         self.proj = nn.Linear(cond_dim, channels * (2 if mode == "film" else 1))
 
-    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        """``x`` (B, C, T, F), ``cond`` (B, D) -> (B, C, T, F)."""
+    def forward(self, x: torch.Tensor, cond: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+        """``x`` (B, C, T, F), ``cond`` (B, D) -> (B, C, T, F); ``inplace`` overwrites ``x``."""
         p = self.proj(cond)[:, :, None, None]  # (batch, C or 2C, 1, 1)
         if self.mode == "additive":
-            return x + p
+            return x.add_(p) if inplace else x + p
         scale, shift = p.chunk(2, dim=1)
+        if inplace:
+            return x.mul_(1.0 + scale).add_(shift)
         return x * (1.0 + scale) + shift
 
     def affine(self, cond: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -56,6 +58,18 @@ def norm_condition(bn: nn.BatchNorm2d, conditioning: Conditioning, x: torch.Tens
     return torch.addcmul(shift[:, :, None, None], x, scale[:, :, None, None])
 
 
+def bn_act_condition(bn: nn.Module, conditioning: Conditioning, act: str, h: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+    """``conditioning(act(bn(h)), cond)`` for a convolution's output ``h``.
+
+    Without autograd (inference) the activation and the condition overwrite the
+    map instead of allocating two more of its size; ``bn`` may be an
+    ``nn.Identity`` once :func:`separator.models.fold_batchnorm` has moved it
+    into the convolution.
+    """
+    inplace = not torch.is_grad_enabled()
+    return conditioning(activation(act, bn(h), inplace=inplace), cond, inplace=inplace)
+
+
 class PlainBlock(nn.Module):
     """Two (3x3 conv -> BN -> act -> condition) layers, as in the official ZS-ASS ``ConvBlock``.
 
@@ -74,8 +88,8 @@ class PlainBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         """(B, cin, T, F) -> (B, cout, T, F)."""
-        x = self.cond1(activation(self.act, self.bn1(self.conv1(x))), cond)
-        return self.cond2(activation(self.act, self.bn2(self.conv2(x))), cond)
+        x = bn_act_condition(self.bn1, self.cond1, self.act, self.conv1(x), cond)
+        return bn_act_condition(self.bn2, self.cond2, self.act, self.conv2(x), cond)
 
 
 class ResidualBlock(nn.Module):
@@ -153,7 +167,11 @@ class DecoderStage(nn.Module):
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         """(B, cin, T/2, F/2), skip (B, cout, T, F) -> (B, cout, T, F)."""
-        x = self.up_cond(activation(self.act, self.up_bn(self.up(x))), cond)
-        x = x[:, :, : skip.shape[2], : skip.shape[3]]  # prune the last row/col (kernel 3)
+        rows, cols = skip.shape[2], skip.shape[3]
+        x = self.up(x)
+        if not self.up_bn.training:  # only element-wise layers follow: prune first, touch less
+            x = x[:, :, :rows, :cols]
+        x = bn_act_condition(self.up_bn, self.up_cond, self.act, x, cond)
+        x = x[:, :, :rows, :cols]  # prune the last row/col (kernel 3); training: after the batch statistics
         assert x.shape == skip.shape, f"decoder/skip mismatch {tuple(x.shape)} vs {tuple(skip.shape)}"
         return self.blocks(torch.cat([x, skip], dim=1), cond)

@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from separator import audio
 from separator.api import SeparationResult, Separator
-from separator.checkpoint import CheckpointError, Component, save_model
+from separator.checkpoint import CheckpointError, Component, ModelFolder, save_model
 from separator.config import to_dict
 from separator.models import QueryUNet, QueryUNetConfig
 
@@ -76,15 +77,34 @@ def test_channels_are_separated_independently(sep):
     torch.testing.assert_close(both[0], left, rtol=0, atol=1e-5)
 
 
-def test_model_rate_and_one_chunk_equal_the_plain_model(sep):
+def test_model_rate_and_one_chunk_equal_the_plain_model(folder):
     """At the model rate with a segment longer than the input, the API is exactly the model (no tail dropped)."""
     x = 0.3 * torch.randn(1, 5000, generator=torch.Generator().manual_seed(4))
+    unprepared = ModelFolder(folder).build("separator").eval()
+    # without snapping chunked_apply zero-pads the single chunk to the segment length, then crops
+    sep = Separator.from_pretrained(folder, snap_segment=False)
     res = sep.separate_condition(x, 32000, cond(), segment=1.0, overlap=0.0)
-    # chunked_apply zero-pads the single chunk to the segment length, then crops
-    padded = torch.nn.functional.pad(x, (0, 32000 - 5000))
     with torch.inference_mode():
-        ref = sep.model(padded[None], cond()[None])[0, :, :5000]
+        ref = unprepared(F.pad(x, (0, 32000 - 5000))[None], cond()[None])[0, :, :5000]
     torch.testing.assert_close(res.target, ref, rtol=0, atol=1e-6)
+    # with snapping (default) an input shorter than a segment is one chunk of its own length
+    res = Separator.from_pretrained(folder).separate_condition(x, 32000, cond(), segment=1.0, overlap=0.0)
+    with torch.inference_mode():
+        ref = unprepared(x[None], cond()[None])[0]
+    torch.testing.assert_close(res.target, ref, rtol=0, atol=1e-6)
+
+
+def test_segment_snaps_to_padding_free_chunks(sep):
+    """A long input runs in chunks whose frame count is a multiple of the U-Net's down-sampling factor."""
+    seen = []
+    model = sep.model
+    hook = model.register_forward_pre_hook(lambda m, args: seen.append(args[0].shape[-1]))
+    try:
+        sep.separate_condition(torch.zeros(1, 44100), 44100, cond(), segment=0.3, overlap=0.25)
+    finally:
+        hook.remove()
+    c = model.config
+    assert seen and all(c.stft.frames(n) % c.downsample == 0 for n in seen)
 
 
 def test_progress_and_bad_inputs(sep):

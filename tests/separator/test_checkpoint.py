@@ -136,3 +136,33 @@ def test_yaml_exponent_without_dot_is_a_number(tmp_path):
     assert cfg.lr == 3e-4 and cfg.wd == 1e-2
     with pytest.raises(ConfigError, match="expected a number"):
         from_dict(Numbers, {"lr": "fast"})
+
+
+def test_safetensors_reader_matches_safetensors(tmp_path):
+    """The mmap-free reader returns what safetensors wrote, for every dtype and for empty / 0-d tensors."""
+    from safetensors.torch import save_file
+
+    g = torch.Generator().manual_seed(0)
+    tensors = {
+        "f32": torch.randn(3, 5, generator=g), "bf16": torch.randn(4, generator=g).bfloat16(),
+        "f16": torch.randn(2, 2, generator=g).half(), "i64": torch.tensor(7), "bool": torch.tensor([True, False]),
+        "empty": torch.zeros(0, 3), "u8": torch.arange(10, dtype=torch.uint8),
+    }
+    path = tmp_path / "t.safetensors"
+    save_file(tensors, str(path), metadata={"a": "b"})
+    with checkpoint.SafetensorsReader(path) as r:
+        assert sorted(r.keys()) == sorted(tensors)
+        for k, v in tensors.items():
+            got = r.get_tensor(k)
+            assert got.dtype == v.dtype and got.shape == v.shape and torch.equal(got, v), k
+
+
+def test_safetensors_reader_names_a_truncated_file(tmp_path, tiny_builder):
+    folder = save_model(tmp_path / "m", {"net": Component("tiny_test", {"width": 4}, Tiny(4).state_dict())})
+    weights = folder / checkpoint.WEIGHTS_NAME
+    weights.write_bytes(weights.read_bytes()[:-8])
+    with pytest.raises(CheckpointError, match="model.safetensors"):
+        ModelFolder(folder).build("net")
+    weights.write_bytes(b"\x05")
+    with pytest.raises(CheckpointError, match="not a valid safetensors file"):
+        checkpoint.SafetensorsReader(weights)

@@ -1,6 +1,7 @@
 """QueryUNet family: presets build and run, conditioning matters, gradients flow, a tiny model learns."""
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -8,7 +9,9 @@ import torch
 
 from separator.checkpoint import Component, ModelFolder, save_model
 from separator.config import ConfigError, to_dict
-from separator.models import PRESETS, QueryUNet, QueryUNetConfig, build_from_config, build_preset, preset
+from separator.models import (
+    PRESETS, QueryUNet, QueryUNetConfig, build_from_config, build_preset, fold_batchnorm, prepare_for_inference, preset,
+)
 
 SR = 32000
 # a tiny member of every axis of the family (fast on CPU)
@@ -159,3 +162,57 @@ def test_small_preset_learns_to_pick_the_sine():
     for k in range(2):
         improvement = si_sdr(est[k], sines[k]) - si_sdr(mixtures[k, 0], sines[k])
         assert improvement > 10.0, f"sine {k}: SI-SDR improvement {improvement:.1f} dB"
+
+
+def _random_batchnorm_statistics(model: torch.nn.Module, seed: int = 0) -> None:
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            n = m.num_features
+            m.running_mean.copy_(torch.rand(n, generator=g) - 0.5)
+            m.running_var.copy_(0.5 + 1.5 * torch.rand(n, generator=g))
+            m.weight.data.copy_(0.5 + torch.rand(n, generator=g))
+            m.bias.data.copy_(0.4 * torch.rand(n, generator=g) - 0.2)
+
+
+@pytest.mark.parametrize("block,conditioning,up_kernel", [("plain", "additive", 3), ("residual", "film", 2), ("plain", "film", 2)])
+def test_prepared_model_equals_the_trained_one(block, conditioning, up_kernel):
+    """BatchNorm folding + channels-last + in-place inference layers change nothing but float rounding."""
+    torch.manual_seed(0)
+    model = tiny(block=block, conditioning=conditioning, up_kernel=up_kernel).eval()
+    _random_batchnorm_statistics(model)
+    x = 0.3 * torch.randn(2, 1, 3001)
+    c = torch.randn(2, model.config.cond_dim)
+    with torch.inference_mode():
+        ref = model(x, c)
+    n_bn = sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    prepared = prepare_for_inference(copy.deepcopy(model))
+    n_left = sum(isinstance(m, torch.nn.BatchNorm2d) for m in prepared.modules())
+    plain_blocks = sum(type(m).__name__ == "PlainBlock" for m in model.modules())
+    decoders = sum(type(m).__name__ == "DecoderStage" for m in model.modules())
+    assert n_bn - n_left == 2 * plain_blocks + decoders
+    with torch.inference_mode():
+        out = prepared(x, c)
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-5)
+    # with autograd on, the blocks take their out-of-place path: same numbers
+    torch.testing.assert_close(model(x, c).detach(), ref, rtol=0, atol=1e-6)
+
+
+def test_fold_batchnorm_leaves_training_layers_alone():
+    model = tiny(block="plain").train()
+    assert fold_batchnorm(model) == 0
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+@pytest.mark.parametrize("seconds", [0.01, 1.9, 2.0, 6.0, 10.0, 31.7])
+def test_padding_free_length(name, seconds):
+    c = preset(name)
+    n = seconds * c.sample_rate
+    nearest = c.padding_free_length(n)
+    assert c.stft.frames(nearest) % c.downsample == 0
+    # nearest: no other padding-free frame count is closer (below one step, the shortest)
+    step = c.downsample * c.hop_length
+    assert abs(nearest - n) <= step / 2 + c.hop_length or (n < step and c.stft.frames(nearest) == c.downsample)
+    # a few samples of resampling error keep the frame count
+    assert c.stft.frames(nearest - 100) == c.stft.frames(nearest + 100) == c.stft.frames(nearest)
