@@ -3,7 +3,7 @@
     python -m benchmarks.separation [--presets resunet_film_small zsass] [--durations 10 180 1800]
                                      [--rate 44100] [--channels 2] [--threads 2] [--device cpu]
                                      [--segment S] [--overlap F] [--batch-size N] [--repeats 3]
-                                     [--query-encoder] [--name separation] [--out benchmarks/results]
+                                     [--bf16] [--query-encoder] [--name separation] [--out benchmarks/results]
 
 Every (preset, duration) runs in its own process on a file streamed from and to disk
 (``Separator.separate_file_condition``; 44.1 kHz stereo unless ``--rate``/``--channels`` say otherwise),
@@ -110,7 +110,7 @@ def _qsep_worker(job: dict) -> dict:
                 del encoder
                 gc.collect()
             t0 = time.perf_counter()
-            sep = Separator.from_pretrained(job["model"], device=job["device"])
+            sep = Separator.from_pretrained(job["model"], device=job["device"], bf16=job.get("bf16", False))
             loads.append(time.perf_counter() - t0)
             t0 = time.perf_counter()
             sep.separate_file_condition(path, tmp / "t.wav", tmp / "r.wav", cond, **kwargs)
@@ -183,6 +183,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--rate", type=int, default=RATE, help="sample rate of the test file")
     p.add_argument("--channels", type=int, default=2, help="channels of the test file")
     p.add_argument("--repeats", type=int, default=3, help="timed runs per input (median; 1 above 5 minutes)")
+    p.add_argument("--bf16", action="store_true", help="bfloat16 autocast (GPU, or a CPU with AVX512-BF16/AMX)")
     p.add_argument("--query-encoder", action="store_true", help="load the HTS-AT audio query encoder and encode a query per run")
     p.add_argument("--demucs-seconds", type=float, default=60, help="0 to skip HT Demucs")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results"))
@@ -199,7 +200,7 @@ def main(argv: list[str] | None = None) -> None:
             _model_folder(model, name, a.query_encoder)
             for sec in a.durations:
                 job = {"preset": name, "model": str(model), "seconds": sec, "threads": a.threads, "device": a.device,
-                       "rate": a.rate, "channels": a.channels, "repeats": a.repeats, "query_encoder": a.query_encoder,
+                       "rate": a.rate, "channels": a.channels, "repeats": a.repeats, "query_encoder": a.query_encoder, "bf16": a.bf16,
                        "segment": a.segment, "overlap": a.overlap, "batch_size": a.batch_size}
                 rows.append(run_worker("benchmarks.separation", job))
                 print(rows[-1], file=sys.stderr)
@@ -212,7 +213,7 @@ def main(argv: list[str] | None = None) -> None:
                                                              "repeats": a.repeats}))
         except ImportError:
             print("demucs is not installed (pip install demucs): skipping the HT Demucs comparison", file=sys.stderr)
-    cols = [("preset", "model"), ("seconds", "input s"), ("segment_s", "segment s"), ("overlap", "overlap"),
+    cols = [("preset", "model"), ("bf16", "bf16"), ("seconds", "input s"), ("segment_s", "segment s"), ("overlap", "overlap"),
             ("wall_s", "wall s"), ("runs", "runs"), ("rtf", "x real time"), ("peak_rss_mb", "peak RSS MB"),
             ("params_m", "params M"), ("error", "error")]
     notes = (f"{a.rate} Hz, {a.channels} channel(s), one query{' (HTS-AT audio query encoded per run)' if a.query_encoder else ''}, "

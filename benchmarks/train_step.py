@@ -3,9 +3,10 @@
     python -m benchmarks.train_step [--presets resunet_film_small resunet_film_base zsass] [--batch 8]
                                     [--seconds 2] [--device cpu|cuda] [--bf16] [--threads 2]
 
-Reports training samples (2-s mixtures) per second, median of 3 steps after one warm-up. On CUDA it also
-reports achieved FLOP/s from a FLOP count of one training step (``torch.utils.flop_counter``) and, with
-``--peak-tflops``, the fraction of the device's peak. Results: ``<out>/train_step.{json,md}``.
+Reports training samples (2-s mixtures) per second, median of 3 steps after one warm-up, and the achieved
+FLOP/s from a FLOP count of one training step (``torch.utils.flop_counter``); with ``--peak-tflops`` also
+the fraction of the device's peak (H100 SXM dense bf16: 989; 2 CPU threads fp32 GEMM here: ~0.19).
+``--bf16`` autocasts on CUDA or on a CPU with native bf16. Results: ``<out>/train_step.{json,md}``.
 """
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ def measure(preset: str, batch: int, seconds: float, device: str, bf16: bool, pe
     tgt = (0.05 * torch.randn(batch, 1, n, generator=g)).to(device)
     cond = torch.randn(batch, cfg.cond_dim, generator=g).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
-    ctx = torch.autocast("cuda", dtype=torch.bfloat16) if bf16 and device.startswith("cuda") else contextlib.nullcontext()
+    ctx = torch.autocast(torch.device(device).type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
 
     def step() -> None:
         opt.zero_grad(set_to_none=True)

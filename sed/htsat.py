@@ -132,16 +132,32 @@ class WindowAttention(nn.Module):
         table = self.relative_position_bias_table[self.relative_position_index.view(-1)]  # (N*N, heads)
         return table.view(n, n, self.heads).permute(2, 0, 1).contiguous()
 
+    def _additive(self, mask: torch.Tensor | None) -> torch.Tensor:
+        """``bias (+ mask)``, ``(1 or windows, heads, N, N)``; without autograd it is cached until the
+        bias table or the mask change (in place or by loading weights) or move."""
+        key = None
+        if not torch.is_grad_enabled():
+            table = self.relative_position_bias_table
+            key = (table.data_ptr(), table._version, table.device, table.dtype,
+                   None if mask is None else (mask.data_ptr(), mask._version))
+            cached = getattr(self, "_additive_cache", None)
+            if cached is not None and cached[0] == key:
+                return cached[1]
+        add = self.bias()[None]  # (1, heads, N, N)
+        if mask is not None:
+            add = add + mask[:, None]  # (windows, heads, N, N)
+        if key is not None:
+            self._additive_cache = (key, add)
+        return add
+
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         """``x`` ``(B * windows, N, C)``, ``mask`` ``(windows, N, N)`` or None -> ``(B * windows, N, C)``."""
         bw, n, c = x.shape
         windows = 1 if mask is None else mask.shape[0]
         qkv = rearrange(self.qkv(x), "(b w) n (k h d) -> k b w h n d", w=windows, k=3, h=self.heads)
         q, k, v = qkv[0], qkv[1], qkv[2]  # (B, windows, heads, N, head_dim)
-        add = self.bias()[None]  # (1, heads, N, N)
-        if mask is not None:
-            add = add + mask[:, None]  # (windows, heads, N, N)
-        if self.use_sdpa:
+        add = self._additive(mask)
+        if self.use_sdpa and x.device.type != "cpu":
             drop = self.attn_drop_p if self.training else 0.0
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=add.to(q.dtype), dropout_p=drop, scale=self.scale)
         else:
@@ -170,20 +186,32 @@ class SwinBlock(nn.Module):
             self.register_buffer("attn_mask", shift_attention_mask(resolution, window, shift, cfg.attn_mask_value))
         else:
             self.attn_mask = None
+        self._order: torch.Tensor | None = None  # see _window_order
+
+    def _window_order(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(order, inverse)`` token permutations: ``tokens[:, order]`` is the cyclic shift plus the
+        window partition in one gather (as ``_partition(roll(...))``), ``[:, inverse]`` undoes both."""
+        if self._order is None or self._order.device != device:
+            r = self.resolution
+            grid = torch.arange(r * r).view(1, r, r, 1)
+            if self.shift:
+                grid = torch.roll(grid, shifts=(-self.shift, -self.shift), dims=(1, 2))
+            self._order = _partition(grid, self.window).reshape(-1).to(device)
+            self._inverse = torch.argsort(self._order)
+        return self._order, self._inverse
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, H*W, C)`` -> same."""
         b, n, c = x.shape
-        r = self.resolution
-        h = self.norm1(x).view(b, r, r, c)  # (batch, rows, cols, channels)
-        if self.shift:
-            h = torch.roll(h, shifts=(-self.shift, -self.shift), dims=(1, 2))
-        h = self.attn(_partition(h, self.window), self.attn_mask)
-        h = _merge(h, self.window, r, r)
-        if self.shift:
-            h = torch.roll(h, shifts=(self.shift, self.shift), dims=(1, 2))
-        x = x + self.drop_path(h.reshape(b, n, c))
-        return x + self.drop_path(self.mlp(self.norm2(x)))
+        order, inverse = self._window_order(x.device)
+        h = self.norm1(x)[:, order].view(-1, self.window * self.window, c)  # (batch * windows, N, C)
+        h = self.attn(h, self.attn_mask).view(b, n, c)[:, inverse]  # back to row-major tokens
+        if torch.is_grad_enabled() or self.training:
+            x = x + self.drop_path(h)
+            return x + self.drop_path(self.mlp(self.norm2(x)))
+        # inference: the fresh maps take the residual in place (drop path is the identity)
+        x = h.add_(x)
+        return self.mlp(self.norm2(x)).add_(x)
 
 
 class PatchMerging(nn.Module):

@@ -72,6 +72,7 @@ def separate(
     overlap: Optional[float] = typer.Option(None, "--overlap", help="Chunk overlap as a fraction in [0, 1) (default 0.25)."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Chunks per model call (default 1; raise on a GPU)."),
     device: str = typer.Option("auto", "--device", "-d", help="auto, cpu, cuda or cuda:N."),
+    bf16: bool = typer.Option(False, "--bf16", help="bfloat16 compute (GPUs; CPUs with AVX512-BF16/AMX): faster, ~65 dB from float32."),
     fmt: str = typer.Option("wav", "--format", help="Output format: wav or flac."),
     bit_depth: str = typer.Option("16", "--bit-depth", help="16, 24 or 32f (float wav; keeps overs instead of clipping)."),
     jobs: int = typer.Option(1, "--jobs", "-j", help="Files separated in parallel."),
@@ -96,6 +97,8 @@ def separate(
         console.print(f"[bold red]error:[/] {msg}", highlight=False)
     if not files:
         fail("no input audio to separate")
+    if bf16:
+        _check_bf16(_device(device))
     # encode every query before the separator loads, so the query encoders (the ZS-ASS audio
     # encoder has 200 M parameters) and the separator are never in memory together
     folder = _open_separator_model(model)
@@ -115,7 +118,7 @@ def separate(
     import gc
 
     gc.collect()
-    sep = _load_separator(str(folder.path), device, segment, overlap, batch_size)
+    sep = _load_separator(str(folder.path), device, segment, overlap, batch_size, bf16=bf16)
     job = SeparationJob(out_dir=out, filename=filename, residual=residual, fmt=fmt.lower(), bit_depth=bit_depth, overwrite=overwrite)
     try:
         job.check_template()
@@ -146,6 +149,15 @@ def _device(device: str):
         fail(str(exc))
 
 
+def _check_bf16(dev) -> None:
+    from separator.api import check_bf16
+
+    try:
+        check_bf16(dev)
+    except ValueError as exc:
+        fail(str(exc))
+
+
 def _open_separator_model(model: Optional[str]):
     """The model folder ``--model`` names (checked to hold a separator), or exit with the reason."""
     from separator.api import Separator
@@ -157,14 +169,17 @@ def _open_separator_model(model: Optional[str]):
         fail(str(exc))
 
 
-def _load_separator(model: Optional[str], device: str, segment: Optional[float], overlap: Optional[float], batch_size: Optional[int]):
+def _load_separator(model: Optional[str], device: str, segment: Optional[float], overlap: Optional[float],
+                    batch_size: Optional[int], bf16: bool = False):
     from separator.api import Separator
     from separator.checkpoint import CheckpointError
 
     dev = _device(device)
+    if bf16:
+        _check_bf16(dev)
     kwargs = {k: v for k, v in (("segment", segment), ("overlap", overlap), ("batch_size", batch_size)) if v is not None}
     try:
-        return Separator.from_pretrained(model, device=dev, **kwargs)
+        return Separator.from_pretrained(model, device=dev, bf16=bf16, **kwargs)
     except CheckpointError as exc:
         fail(str(exc))
 

@@ -163,3 +163,18 @@ def test_cuda_and_bf16_match_cpu(folder):
     bf = Separator.from_pretrained(folder, device="cuda", segment=0.5, bf16=True).separate_condition(x, 44100, cond())
     err = (bf.target - cpu.target).square().sum() / cpu.target.square().sum()
     assert float(err) < 1e-2  # bf16 keeps > 20 dB agreement
+
+
+def test_bf16_on_cpu_is_close_to_float32_or_refused(folder):
+    """bf16 autocast on a CPU with native bf16 stays close to float32; elsewhere it is a clear error."""
+    x = 0.3 * torch.randn(1, 16000, generator=torch.Generator().manual_seed(7))
+    ref = Separator.from_pretrained(folder, device="cpu").separate_condition(x, 32000, cond()).target
+    sep = Separator.from_pretrained(folder, device="cpu", bf16=True)
+    if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        with pytest.raises(ValueError, match="bf16"):
+            sep.separate_condition(x, 32000, cond())
+        return
+    out = sep.separate_condition(x, 32000, cond()).target
+    assert out.dtype == torch.float32
+    snr = 10 * torch.log10(ref.pow(2).sum() / (out - ref).pow(2).sum())
+    assert 25 < snr < 120  # close, but really computed in bf16 (not bit-identical)
