@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 from pathlib import Path
 
 import torch
 
-from benchmarks.common import peak_rss_mb, time_it, write_report
+from benchmarks.common import peak_rss_mb, run_worker, time_it, write_report
 
 
 def measure(preset: str, batch: int, device: str, dtype: str, repeats: int = 3) -> dict:
@@ -50,13 +51,22 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--dtypes", nargs="+", default=["float32"])
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    p.add_argument("--worker", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
+    if a.worker:
+        job = json.loads(a.worker)
+        torch.set_num_threads(job["threads"])
+        print(json.dumps(measure(job["preset"], job["batch"], job["device"], job["dtype"], job["repeats"])))
+        return
     torch.set_num_threads(a.threads)
     if "bf16" in a.dtypes:
         from separator.api import check_bf16
 
         check_bf16(torch.device(a.device))  # emulated bf16 on an old CPU is not worth a number
-    rows = [measure(a.preset, b, a.device, d, a.repeats) for d in a.dtypes for b in a.batch_sizes]
+    # one process per measurement, so each peak RSS is its own
+    rows = [run_worker("benchmarks.sed_throughput", {"preset": a.preset, "batch": b, "device": a.device, "dtype": d,
+                                                     "repeats": a.repeats, "threads": a.threads})
+            for d in a.dtypes for b in a.batch_sizes]
     cols = [("preset", "preset"), ("device", "device"), ("dtype", "dtype"), ("batch", "batch"),
             ("clips_per_s", "10-s clips/s"), ("median_s", "s per batch"), ("peak_rss_mb", "peak RSS MB")]
     write_report(a.out, "sed_throughput", rows, cols, notes="HTS-AT forward on 10-s clips at 32 kHz, random weights.")

@@ -92,7 +92,7 @@ def _qsep_worker(job: dict) -> dict:
         _write_test_file(warm, 2.0, rate, channels)
         _write_test_file(query, 10.0, 32000, 1)
 
-        def run(path: Path) -> tuple[float, Separator]:
+        def run(path: Path) -> tuple[float, dict]:
             """Seconds to encode the query (if asked) and separate ``path``, in the order of ``qsep
             separate``: encode with the query encoder alone in memory, free it, load the separator,
             separate. Loading is timed apart (``loads``)."""
@@ -114,20 +114,23 @@ def _qsep_worker(job: dict) -> dict:
             loads.append(time.perf_counter() - t0)
             t0 = time.perf_counter()
             sep.separate_file_condition(path, tmp / "t.wav", tmp / "r.wav", cond, **kwargs)
-            return seconds + time.perf_counter() - t0, sep
+            seconds += time.perf_counter() - t0
+            facts = {"overlap": sep.overlap if job.get("overlap") is None else job["overlap"],
+                     "params_m": sum(p.numel() for p in sep.model.parameters()) / 1e6,
+                     "segment_s": sep._chunking(rate, int(job["seconds"] * rate), job.get("segment"), None, None)[0] / rate}
+            del sep  # the next run loads its own, as a new `qsep separate` would
+            gc.collect()
+            return seconds, facts
 
         run(warm)
-        gc.collect()
         repeats = 1 if job["seconds"] > LONG else job.get("repeats", 3)
         times = []
         for _ in range(repeats):
-            seconds, sep = run(src)
+            seconds, facts = run(src)
             times.append(seconds)
         wall = statistics.median(times)
-        segment = sep._chunking(rate, int(job["seconds"] * rate), job.get("segment"), None, None)[0] / rate
-    return {**job, "overlap": sep.overlap if job.get("overlap") is None else job["overlap"], "wall_s": wall,
-            "runs": repeats, "rtf": job["seconds"] / wall, "peak_rss_mb": peak_rss_mb(), "load_s": statistics.median(loads),
-            "params_m": sum(p.numel() for p in sep.model.parameters()) / 1e6, "segment_s": segment}
+    return {**job, **facts, "wall_s": wall, "times_s": times, "runs": repeats, "rtf": job["seconds"] / wall, "peak_rss_mb": peak_rss_mb(),
+            "load_s": statistics.median(loads)}
 
 
 def _demucs_worker(job: dict) -> dict:
@@ -161,10 +164,11 @@ def _plot(rows: list[dict], path: Path) -> None:
         rs = sorted((r for r in rows if r["preset"] == name and "error" not in r), key=lambda r: r["seconds"])
         if not rs:
             continue
-        a.plot([r["seconds"] / 60 for r in rs], [r["peak_rss_mb"] for r in rs], "o-", label=name)
-        b.plot([r["seconds"] / 60 for r in rs], [r["rtf"] for r in rs], "o-", label=name)
-    a.set(xlabel="input length (min)", ylabel="peak RSS (MB)", title="memory vs length", xscale="log")
-    b.set(xlabel="input length (min)", ylabel="x real time", title="speed vs length", xscale="log")
+        label = "HT Demucs (all 4 stems)" if name == "htdemucs" else name
+        a.plot([r["seconds"] / 60 for r in rs], [r["peak_rss_mb"] for r in rs], "o-", label=label)
+        b.plot([r["seconds"] / 60 for r in rs], [r["rtf"] for r in rs], "o-", label=label)
+    a.set(xlabel="input length (min), 44.1 kHz stereo", ylabel="peak RSS (MB)", title="memory vs length", xscale="log", ylim=(0, None))
+    b.set(xlabel="input length (min), 44.1 kHz stereo", ylabel="x real time (one query)", title="speed vs length", xscale="log", yscale="log")
     a.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -188,7 +192,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--demucs-seconds", type=float, default=60, help="0 to skip HT Demucs")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     p.add_argument("--name", default="separation", help="report file name (without extension)")
+    p.add_argument("--combine", nargs="+", type=Path, default=None, metavar="JSON",
+                   help="only plot these earlier results together into <out>/<name>.png")
     a = p.parse_args(argv)
+    if a.combine:
+        rows = [r for path in a.combine for r in json.loads(path.read_text())["rows"]]
+        a.out.mkdir(parents=True, exist_ok=True)
+        _plot([r for r in rows if r.get("rate", RATE) == RATE and r.get("channels", 2) == 2], a.out / f"{a.name}.png")
+        print(a.out / f"{a.name}.png")
+        return
     if a.worker:
         job = json.loads(a.worker)
         print(json.dumps(_demucs_worker(job) if job["preset"] == "htdemucs" else _qsep_worker(job)))

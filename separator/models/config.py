@@ -130,13 +130,12 @@ class QueryUNetConfig:
 #: * ``zsass``: the official separator (167,614,499 trainable parameters); 66 GFLOP
 #:   per audio second, ~3x real time on 2 CPU threads once prepared for inference
 #:   (:func:`separator.models.prepare_for_inference`).
-#: * ``resunet_film_small`` (default): 7.9 M parameters (6.3 M of them in the FiLM
-#:   projections, which cost nothing per frame). Folding 8 adjacent bins into
-#:   channels makes every layer 8x cheaper; with hop 320 and 5 levels it runs
-#:   about 75x real time per CPU-second on one thread (6-s chunks), and 3 min of
-#:   44.1 kHz stereo takes ~7.7 CPU-s through :class:`separator.api.Separator`
-#:   (resampling and 25% overlap included), i.e. ~40x real time on 2 idle cores.
-#:   Measured 2026-11 on the shared 2-core dev VM. The complex mask starts as the
+#: * ``resunet_film_small`` (default): 11.9 M parameters with 2048-d conditions
+#:   (9.7 M of them in the FiLM projections, which cost nothing per frame).
+#:   Folding 8 adjacent bins into channels makes every layer 8x cheaper; with
+#:   hop 320 and 5 levels, 3 min of 44.1 kHz stereo runs ~60x real time through
+#:   :class:`separator.api.Separator` on 2 CPU threads (resampling and 25 %
+#:   overlap included; benchmarks/README.md). The complex mask starts as the
 #:   identity rotation; in a 40-step toy fit it beat the magnitude mask (18-20 vs
 #:   17.6 dB SI-SDRi) and fold 8 matched fold 4 at ~2x the speed.
 #: * ``resunet_film_base``: 94 M parameters, full resolution, 2 blocks per stage (GPU).
