@@ -60,7 +60,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
-from separator.config import ConfigError, from_dict, load_yaml, to_dict
+from separator.config import ConfigError, load_config, to_dict
 from sed.data import (
     AudioSetDataset,
     ClassList,
@@ -191,29 +191,13 @@ class SEDTrainingConfig:
             raise ConfigError(f"data.crop must be start, center or random, got {self.data.crop!r}")
 
 
-def _set_dotted(d: dict, key: str, value: Any) -> None:
-    parts = key.split(".")
-    for p in parts[:-1]:
-        nxt = d.setdefault(p, {})
-        if not isinstance(nxt, dict):
-            raise ConfigError(f"override {key!r}: {p!r} is not a section")
-        d = nxt
-    d[parts[-1]] = value
-
-
-def load_sed_config(path: str | os.PathLike | None = None, overrides: Mapping[str, Any] | None = None) -> SEDTrainingConfig:
+def load_sed_config(path: str | os.PathLike | None = None, overrides: Mapping[str, Any] | Sequence[str] | None = None) -> SEDTrainingConfig:
     """Defaults, overlaid by the YAML file at ``path``, overlaid by ``overrides``.
 
-    ``overrides`` maps dotted field names to values, e.g. ``{"data.batch_size": 8, "lr": 3e-4}``.
-    Unknown fields are a :class:`ConfigError` naming them.
+    ``overrides`` maps dotted field names to values, e.g. ``{"data.batch_size": 8, "lr": 3e-4}``, or is a
+    list of ``KEY=VALUE`` strings. Unknown fields are a :class:`ConfigError` naming them.
     """
-    raw: dict[str, Any] = load_yaml(path) if path is not None else {}
-    for k, v in (overrides or {}).items():
-        _set_dotted(raw, k, v)
-    try:
-        return from_dict(SEDTrainingConfig, raw)
-    except ConfigError as exc:
-        raise ConfigError(f"{path or 'config'}: {exc}") from exc
+    return load_config(SEDTrainingConfig, path, overrides)
 
 
 # --------------------------------------------------------------------------------------------

@@ -501,8 +501,9 @@ def train_separator(
     console.print(f"exported the separator to {folder}", highlight=False)
 
 
-@train_app.command("text-projection")
+@train_app.command("text-projection", context_settings=_PASSTHROUGH)
 def train_text_projection(
+    ctx: typer.Context,
     config: str = typer.Option(..., "--config", "-c", help="YAML config (e.g. configs/text_projection.yaml)."),
     model: str = typer.Option(None, "--model", "-m", help="Model folder to add the text_projection (and label_bank) to."),
     out: str = typer.Option(None, "--out", "-o", help="Write a standalone folder with only the new components."),
@@ -512,22 +513,24 @@ def train_text_projection(
     device: str = typer.Option(None, "--device", help="cpu or cuda."),
     overwrite: bool = typer.Option(None, "--overwrite/--no-overwrite", help="Allow --out to replace an existing folder."),
 ) -> None:
-    """Train the projection from text embeddings into the audio latent space, validate it, save it into a model."""
+    """Train the projection from text embeddings into the audio latent space, validate it, save it into a model.
+
+    Extra arguments KEY=VALUE override config fields, e.g. `lr=3e-4 batch_size=64 held_out_classes=[Cough]`.
+    """
     import json
 
     from separator.checkpoint import CheckpointError
-    from separator.config import ConfigError, from_yaml
+    from separator.config import ConfigError, load_config
     from separator.query.errors import QueryError
     from separator.query.train import TextProjectionTrainConfig, train_text_projection as run
 
+    overrides = _parse_overrides(list(ctx.args))
+    for key, value in (("model", model), ("out", out), ("manifest", manifest), ("latents", latents),
+                       ("steps", steps), ("device", device), ("overwrite", overwrite)):
+        if value is not None:
+            overrides[key] = value
     try:
-        cfg = from_yaml(TextProjectionTrainConfig(), config)
-        changes = {k: v for k, v in (("model", model), ("out", out), ("manifest", manifest), ("latents", latents),
-                                     ("steps", steps), ("device", device), ("overwrite", overwrite)) if v is not None}
-        if changes:
-            from separator.config import override
-
-            cfg = override(cfg, changes)
+        cfg = load_config(TextProjectionTrainConfig, config, overrides)
         metrics = run(cfg, log=lambda line: console.print(line, highlight=False))
     except (ConfigError, QueryError, CheckpointError) as exc:
         fail(str(exc))

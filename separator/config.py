@@ -10,11 +10,11 @@ import dataclasses
 import types
 import typing
 from pathlib import Path
-from typing import Any, Mapping, TypeVar
+from typing import Any, Mapping, Sequence, TypeVar
 
 import yaml
 
-__all__ = ["ConfigError", "to_dict", "from_dict", "override", "load_yaml", "from_yaml"]
+__all__ = ["ConfigError", "to_dict", "from_dict", "override", "load_yaml", "from_yaml", "nested_overrides", "load_config"]
 
 C = TypeVar("C")
 
@@ -70,8 +70,10 @@ def from_dict(cls: type[C], data: Mapping[str, Any], _where: str = "") -> C:
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
     if unknown:
+        section = _where.partition(".")[2]  # "Outer.inner" -> "inner": name nested fields by their dotted path
+        named = [f"{section}.{u}" for u in unknown] if section else unknown
         raise ConfigError(
-            f"{_where or cls.__name__}: unknown field(s) {unknown}; valid fields are {sorted(fields)}"
+            f"{_where or cls.__name__}: unknown field(s) {named}; valid fields are {sorted(fields)}"
         )
     hints = typing.get_type_hints(cls)
     kwargs = {k: _coerce(hints.get(k), v, f"{_where or cls.__name__}.{k}") for k, v in data.items()}
@@ -116,3 +118,61 @@ def from_yaml(cfg: C, path: str | Path) -> C:
         return override(cfg, load_yaml(path))
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from exc
+
+
+def nested_overrides(overrides: Sequence[str] | Mapping[str, Any] | None) -> dict[str, Any]:
+    """Overrides as a nested dict.
+
+    ``overrides``: ``["data.batch_size=8", "lr=3e-4"]`` (values parsed as YAML), or a mapping whose
+    keys may be dotted (``{"data.batch_size": 8}``) or nested (``{"data": {"batch_size": 8}}``).
+    """
+    if overrides is None:
+        return {}
+    if isinstance(overrides, Mapping):
+        items = list(overrides.items())
+    else:
+        items = []
+        for item in overrides:
+            if "=" not in item:
+                raise ConfigError(f"override {item!r}: expected KEY=VALUE")
+            key, raw = item.split("=", 1)
+            try:
+                items.append((key.strip(), yaml.safe_load(raw)))
+            except yaml.YAMLError as exc:
+                raise ConfigError(f"override {item!r}: the value is not valid YAML ({exc})") from exc
+    out: dict[str, Any] = {}
+    for key, value in items:
+        _merge_into(out, _nest(str(key), value), "")
+    return out
+
+
+def _nest(key: str, value: Any) -> dict[str, Any]:
+    parts = key.split(".")
+    node: Any = value
+    for p in reversed(parts):
+        node = {p: node}
+    return node
+
+
+def _merge_into(into: dict[str, Any], upd: Mapping[str, Any], where: str) -> None:
+    for k, v in upd.items():
+        if isinstance(v, Mapping) and k in into:
+            if not isinstance(into[k], dict):
+                raise ConfigError(f"override {where}{k}: {where}{k!r} is set to a value, not a section")
+            _merge_into(into[k], v, f"{where}{k}.")
+        else:
+            into[k] = dict(v) if isinstance(v, Mapping) else v
+
+
+def load_config(cls: type[C], path: str | Path | None = None,
+                overrides: Sequence[str] | Mapping[str, Any] | None = None) -> C:
+    """Dataclass ``cls``: its defaults <- the YAML file at ``path`` <- ``overrides`` (see :func:`nested_overrides`).
+
+    Sections merge field by field; an unknown field anywhere is a :class:`ConfigError` naming it (and the file).
+    """
+    data: dict[str, Any] = load_yaml(path) if path is not None else {}
+    _merge_into(data, nested_overrides(overrides), "")
+    try:
+        return from_dict(cls, data)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}" if path is not None else str(exc)) from exc

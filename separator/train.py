@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from separator import audio
-from separator.config import ConfigError, from_dict, load_yaml, to_dict
+from separator.config import ConfigError, load_config, to_dict
 
 log = logging.getLogger(__name__)
 
@@ -190,61 +190,14 @@ class SeparatorTrainingConfig:
             raise ConfigError(f"batch_size and epoch_size must be >= 1, got {self.batch_size}, {self.epoch_size}")
 
 
-def _deep_merge(base: dict[str, Any], upd: Mapping[str, Any], open_keys: tuple[str, ...] = ("model",), where: str = "") -> dict[str, Any]:
-    """``base`` updated by ``upd``; unknown keys are an error except below ``open_keys`` (free-form dicts)."""
-    out = dict(base)
-    for k, v in upd.items():
-        path = f"{where}{k}"
-        if k not in out and not where.startswith(open_keys) and path not in open_keys:
-            raise ConfigError(f"unknown field {path!r}; valid fields here are {sorted(out)}")
-        if isinstance(out.get(k), dict) and isinstance(v, Mapping):
-            out[k] = _deep_merge(out[k], v, open_keys, f"{path}.")
-        else:
-            out[k] = v
-    return out
-
-
-def _dotted(changes: Sequence[str]) -> dict[str, Any]:
-    """``["a.b=1", "c=[1, 2]"]`` -> ``{"a": {"b": 1}, "c": [1, 2]}`` (values parsed as YAML)."""
-    import yaml
-
-    out: dict[str, Any] = {}
-    for item in changes:
-        if "=" not in item:
-            raise ConfigError(f"--set expects key=value, got {item!r}")
-        key, raw = item.split("=", 1)
-        node = out
-        parts = key.strip().split(".")
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-        node[parts[-1]] = yaml.safe_load(raw)
-    return out
-
-
 def load_training_config(path: str | os.PathLike | None = None, overrides: Sequence[str] | Mapping[str, Any] = ()) -> SeparatorTrainingConfig:
     """Defaults <- YAML file <- overrides.
 
     ``overrides``: ``["mixing.val_size=8", ...]`` (values parsed as YAML) or a mapping whose keys may be
-    dotted (``{"mixing.val_size": 8}``) or nested (``{"mixing": {"val_size": 8}}``).
+    dotted (``{"mixing.val_size": 8}``) or nested (``{"mixing": {"val_size": 8}}``); ``model`` is a free-form
+    section (fields of the chosen preset).
     """
-    data = to_dict(SeparatorTrainingConfig())
-    if path is not None:
-        try:
-            data = _deep_merge(data, load_yaml(path))
-        except ConfigError as exc:
-            raise ConfigError(f"{path}: {exc}") from exc
-    if isinstance(overrides, Mapping):
-        upd: dict[str, Any] = {}
-        for key, value in overrides.items():  # dotted keys ("mixing.val_size") become nested
-            node = upd
-            parts = str(key).split(".")
-            for p in parts[:-1]:
-                node = node.setdefault(p, {})
-            node[parts[-1]] = value
-    else:
-        upd = _dotted(overrides)
-    data = _deep_merge(data, upd)
-    return from_dict(SeparatorTrainingConfig, data)
+    return load_config(SeparatorTrainingConfig, path, overrides)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -149,10 +149,10 @@ def test_cli_train_text_projection(tmp_path, minilm, monkeypatch):
 
     _toy_table(tmp_path, FakeDetector().eval())
     monkeypatch.setattr(train_mod, "load_text_encoder", lambda spec, device=None: minilm)  # reuse the loaded one
-    (tmp_path / "cfg.yaml").write_text("hidden_dim: 32\nsteps: 20\nbatch_size: 16\nlog_every: 10\nrefit_on_all: true\n")
+    (tmp_path / "cfg.yaml").write_text("hidden_dim: 32\nsteps: 400\nbatch_size: 16\nlog_every: 10\nrefit_on_all: true\n")
     r = CliRunner().invoke(app, [
         "train", "text-projection", "--config", str(tmp_path / "cfg.yaml"), "--manifest", str(tmp_path / "segments.csv"),
-        "--latents", str(tmp_path / "latents.safetensors"), "--out", str(tmp_path / "proj"),
+        "--latents", str(tmp_path / "latents.safetensors"), "--out", str(tmp_path / "proj"), "steps=20",  # KEY=VALUE wins
     ])
     assert r.exit_code == 0, r.output
     assert '"zero_shot_accuracy"' in r.output and "step 20/20" in r.output
@@ -160,6 +160,8 @@ def test_cli_train_text_projection(tmp_path, minilm, monkeypatch):
     assert set(ModelFolder(tmp_path / "proj").components) == {"text_projection", "label_bank"}
     r = CliRunner().invoke(app, ["train", "text-projection", "--config", str(tmp_path / "cfg.yaml"), "--out", str(tmp_path / "p2")])
     assert r.exit_code == 1 and "manifest" in r.output
+    r = CliRunner().invoke(app, ["train", "text-projection", "--config", str(tmp_path / "cfg.yaml"), "bogus_field=1"])
+    assert r.exit_code == 1 and "bogus_field" in r.output and "cfg.yaml" in r.output
 
 
 def test_training_with_captions_and_multi_label_segments(minilm):

@@ -166,3 +166,31 @@ def test_safetensors_reader_names_a_truncated_file(tmp_path, tiny_builder):
     weights.write_bytes(b"\x05")
     with pytest.raises(CheckpointError, match="not a valid safetensors file"):
         checkpoint.SafetensorsReader(weights)
+
+
+def test_load_config_layers_defaults_yaml_and_overrides(tmp_path):
+    """One loader for every training config: defaults <- YAML <- KEY=VALUE or dotted/nested overrides."""
+    from separator.config import load_config, nested_overrides
+
+    @dataclass
+    class Inner:
+        a: int = 1
+        b: float = 2.0
+
+    @dataclass
+    class Outer:
+        inner: Inner = field(default_factory=Inner)
+        free: dict = field(default_factory=dict)
+        lr: float = 1e-3
+
+    (tmp_path / "c.yaml").write_text("inner:\n  a: 5\nfree:\n  x: 1\n")
+    cfg = load_config(Outer, tmp_path / "c.yaml", ["inner.b=3e-1", "free.y=[1, 2]", "lr=1e-4"])
+    assert cfg == Outer(Inner(5, 0.3), {"x": 1, "y": [1, 2]}, 1e-4)
+    assert load_config(Outer, None, {"inner": {"b": 4}, "inner.a": 7}).inner == Inner(7, 4.0)
+    assert nested_overrides({"a.b.c": 1, "a.d": 2}) == {"a": {"b": {"c": 1}, "d": 2}}
+    with pytest.raises(ConfigError, match=r"c\.yaml.*bogus"):
+        load_config(Outer, tmp_path / "c.yaml", ["inner.bogus=1"])
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        nested_overrides(["lr"])
+    with pytest.raises(ConfigError, match="not a section"):
+        load_config(Outer, None, {"lr": 1, "lr.x": 2})
