@@ -69,7 +69,7 @@ def separate(
     filename: str = typer.Option("{track}/{query}.{ext}", "--filename", help="Output path template inside --out: {track}, {query}, {ext}. The residual's {query} is no_<query>."),
     residual: bool = typer.Option(True, "--residual/--no-residual", help="Also write the residual (mixture minus target)."),
     segment: Optional[float] = typer.Option(None, "--segment", help="Chunk length in seconds (default 6, rounded to the nearest length the model runs without padding)."),
-    overlap: Optional[float] = typer.Option(None, "--overlap", help="Chunk overlap as a fraction in [0, 1) (default 0.25)."),
+    overlap: Optional[float] = typer.Option(None, "--overlap", help="Chunk overlap as a fraction in [0, 1) (default 0.1)."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Chunks per model call (default 1; raise on a GPU)."),
     device: str = typer.Option("auto", "--device", "-d", help="auto, cpu, cuda or cuda:N."),
     bf16: bool = typer.Option(False, "--bf16", help="bfloat16 compute (GPUs; CPUs with AVX512-BF16/AMX): faster, ~65 dB from float32."),
