@@ -405,19 +405,17 @@ def models(
 
 
 def _parse_overrides(items: list[str]) -> dict:
-    """``["data.batch_size=8", "lr=3e-4"]`` -> ``{"data.batch_size": 8, "lr": 0.0003}`` (values parsed as YAML)."""
-    import yaml
+    """``["data.batch_size=8", "lr=3e-4"]`` -> ``{"data": {"batch_size": 8}, "lr": 0.0003}`` (values parsed as YAML)."""
+    from separator.config import ConfigError, nested_overrides
 
-    out: dict = {}
     for item in items:
-        key, sep, value = item.partition("=")
+        key, sep, _ = item.partition("=")
         if not sep or not key.strip() or key.startswith("-"):
             fail(f"cannot read {item!r}: overrides are written key=value (e.g. data.batch_size=8); options start with --")
-        try:
-            out[key.strip()] = yaml.safe_load(value)
-        except yaml.YAMLError as exc:
-            fail(f"override {item!r}: the value is not valid YAML ({exc})")
-    return out
+    try:
+        return nested_overrides(items)
+    except ConfigError as exc:
+        fail(str(exc))
 
 
 @train_app.command("sed", context_settings=_PASSTHROUGH)
