@@ -20,6 +20,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -40,14 +41,14 @@ class CorpusConfig:
     eval_per_class: int = 15
     heldout_per_class: int = 20
     eval_fraction: float = 0.25  # of each class's recordings, kept for eval clips only
-    max_sources_per_class: int = 60  # recordings drawn per class (seeded), bounds memory and time
+    max_sources_per_class: int = 150  # recordings drawn per class (seeded), bounds memory and time
     max_event_seconds: float = 6.0
     source_rms_db: float = -24.0
     min_events: int = 1
     max_events: int = 3
     # music
     music_sample_rate: int = 44100
-    train_tracks: int = 16
+    train_tracks: int = 160
     test_tracks: int = 6
     track_seconds: tuple[float, float] = (20.0, 40.0)
     tempo: tuple[int, int] = (76, 132)
@@ -55,16 +56,27 @@ class CorpusConfig:
     train_soundfonts: tuple[str, ...] = ("usr/share/sounds/sf2/FluidR3_GM.sf2", "usr/share/sounds/sf2/TimGM6mb.sf2")
     test_soundfonts: tuple[str, ...] = ("usr/share/sounds/sf3/MuseScore_General_Lite.sf3",)
     # voice, lowest and highest MIDI pitch
-    train_voices: tuple[tuple[str, int, int], ...] = (("en+m1", 48, 62), ("en+f2", 60, 74), ("en+m3", 47, 60), ("en+f3", 58, 72), ("en+Andy", 50, 64), ("en+Linda", 59, 72))
+    # festival:ked_diphone sings (Festival singing mode; festvox-kallpc16k is reserved for evaluation and never used)
+    train_voices: tuple[tuple[str, int, int], ...] = (
+        ("festival:ked_diphone", 45, 59), ("en+m1", 48, 62), ("festival:ked_diphone", 55, 69), ("en+f2", 60, 74),
+        ("en+m3", 47, 60), ("festival:ked_diphone", 50, 64), ("en+f3", 58, 72), ("en+Andy", 50, 64),
+        ("festival:ked_diphone", 59, 72), ("en+Linda", 59, 72))
     test_voices: tuple[tuple[str, int, int], ...] = (("en+f4", 60, 73), ("en+m7", 48, 62), ("en+Michael", 49, 63), ("en+Annie", 58, 72))
     syllables: tuple[str, ...] = ("laa", "naa", "daa", "loo", "mee", "oh", "ah", "yeah", "noo", "hey")
+    sung_words: tuple[str, ...] = ("la", "love", "me", "oh", "night", "you", "home", "day", "heart", "sky", "go", "my", "way", "dream", "sun", "no", "baby", "light")
     stem_levels_db: dict = field(default_factory=lambda: {"vocals": -20.0, "drums": -22.0, "bass": -23.0, "other": -23.0})
     level_jitter_db: float = 2.5
 
 
 TINY = {"train_per_class": 2, "eval_per_class": 1, "heldout_per_class": 1, "max_sources_per_class": 3, "train_tracks": 2, "test_tracks": 1, "track_seconds": (6.0, 8.0)}
 
-EVENT_PACKAGES = ("0ad-data", "megaglest-data", "widelands-data", "hedgewars-data", "wesnoth-1.16-data", "flightgear-data-base", "asterisk-core-sounds-en-wav")
+EVENT_PACKAGES = (
+    "0ad-data", "megaglest-data", "widelands-data", "hedgewars-data", "wesnoth-1.16-data", "flightgear-data-base",
+    "asterisk-core-sounds-en-wav",
+    # added for corpus v2 (2026-11-30)
+    "hydrogen-drumkits", "ktuberling-data", "redeclipse-data", "supertuxkart-data", "supertux-data", "lincity-ng-data",
+    "freeciv-data", "freedink-data", "boswars-data", "colobot-common-sounds", "extremetuxracer-data", "pingus-data",
+)
 #: File that marks a folder as built by this builder (only such folders are overwritten).
 MARKER = ".qsep_starter_corpus"
 MUSIC_PACKAGES = ("fluid-soundfont-gm", "timgm6mb-soundfont", "musescore-general-soundfont-small")
@@ -79,12 +91,26 @@ def _log(msg: str) -> None:
 
 
 # ----------------------------------------------------------------------------- events
-def build_events(cfg: CorpusConfig, out: Path, cache: Path, install: bool, versions: dict[str, str]) -> dict:
-    """Write the event corpus under ``out``; returns its part of the report."""
+def build_events(cfg: CorpusConfig, out: Path, cache: Path, install: bool, versions: dict[str, str],
+                 packages: Sequence[str] = EVENT_PACKAGES, reserved: frozenset[str] | None = None) -> dict:
+    """Write the event corpus under ``out``; returns its part of the report.
+
+    Every candidate recording is hashed (SHA-256 of the file as shipped, before decoding); recordings
+    whose hash is in ``reserved`` (default: :data:`events.RESERVED_SHA256`) are dropped and counted.
+    The recordings used are also written, level-normalised at the event rate, to
+    ``out/sources/<split>/<source_id>.wav`` with ``out/sources.csv``: the clean, isolated events
+    ("oracle anchors") that separator training and recording-disjoint evaluation use.
+
+    Raises:
+        CorpusError: a package is missing or reserved, a held-out class has no recording, or a class
+            name is not AudioSet's.
+    """
     from separator import audio
 
+    events.check_packages_allowed(packages)
+    reserved = events.read_reserved_hashes() if reserved is None else reserved
     pkgs = deps.read_packages()
-    for p in EVENT_PACKAGES:
+    for p in packages:
         _log(f"package {p}")
         versions[p] = deps.ensure_package(p, "events", cache, install)
     audioset = events.read_audioset_classes(deps.audioset_class_text(cache, install))
@@ -93,7 +119,7 @@ def build_events(cfg: CorpusConfig, out: Path, cache: Path, install: bool, versi
     root = cache / "root"
 
     found: dict[str, list[tuple[str, str]]] = {}
-    for p in EVENT_PACKAGES:
+    for p in packages:
         for rel, name in events.scan_package(p, root, rules):
             found.setdefault(name, []).append((p, rel))
     missing_heldout = heldout_names - set(found)
@@ -109,6 +135,7 @@ def build_events(cfg: CorpusConfig, out: Path, cache: Path, install: bool, versi
     sources: dict[str, events.Source] = {}
     prov_rows = []
     skipped: list[str] = []
+    reserved_dropped: list[str] = []
     seen: dict[str, str] = {}
     with tempfile.TemporaryDirectory() as tmp, events.SourceReader(root) as reader:
         for ci, name in enumerate(sorted(found)):
@@ -119,6 +146,9 @@ def build_events(cfg: CorpusConfig, out: Path, cache: Path, install: bool, versi
             for pkg, rel in files:
                 data = reader.read(rel)
                 digest = events.sha256_bytes(data)
+                if digest in reserved:  # reserved for evaluation: never in any split
+                    reserved_dropped.append(f"{pkg}:{rel}")
+                    continue
                 if digest in seen:  # the same recording shipped twice must not land in two splits
                     skipped.append(f"{pkg}:{rel}: duplicate of {seen[digest]}")
                     continue
@@ -172,6 +202,14 @@ def build_events(cfg: CorpusConfig, out: Path, cache: Path, install: bool, versi
     events.write_class_csv(out / "heldout_classes.csv", heldout_classes)
     events.write_class_csv(out / "class_labels_indices_all.csv", train_classes + heldout_classes)
     events.write_events_csv(out / "events.csv", plans, sr)
+    with (out / "sources.csv").open("w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["source_id", "display_name", "split", "path", "seconds"])
+        for sid, s in sorted(sources.items()):
+            rel = Path("sources") / s.split / f"{sid}.wav"
+            (out / rel).parent.mkdir(parents=True, exist_ok=True)
+            audio.save(out / rel, torch.from_numpy(s.wave)[None], sr, bit_depth="32f")
+            w.writerow([sid, s.name, s.split, rel.as_posix(), f"{s.wave.size / sr:.3f}"])
     with (out / "provenance.csv").open("w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(["source_id", "display_name", "mid", "package", "package_version", "original_path", "licence", "sha256", "seconds_used", "split"])
@@ -195,6 +233,8 @@ def build_events(cfg: CorpusConfig, out: Path, cache: Path, install: bool, versi
         "clips_scaled_down": int(scaled),
         "heldout_violations": violations,
         "skipped_recordings": skipped,
+        "reserved_dropped": len(reserved_dropped),
+        "reserved_dropped_files": reserved_dropped,
     }
 
 
@@ -234,10 +274,14 @@ def render_track(spec: music.TrackSpec, cfg: CorpusConfig, work: Path) -> dict[s
         music.render_midi(work / f"{stem}.mid", Path(spec.soundfont), work / f"{stem}.wav", sr)
         wav, _ = audio.load(work / f"{stem}.wav", channels=2)
         stems[stem] = wav.numpy()[:, :n]
-    bank = music.syllable_bank(spec.voice, cfg.syllables, work)
-    vsr = bank[0][2]
-    notes = music.make_melody(chords, spec.voice_low, spec.voice_high, len(bank), rng)
-    vox = music.render_vocals(notes, [(w, f0) for w, f0, _ in bank], spec.tempo, int(math.ceil(spec.seconds * vsr)) + 1, vsr)
+    if spec.voice.startswith(music.FESTIVAL_PREFIX):  # sung by Festival's singing mode
+        notes = music.make_melody(chords, spec.voice_low, spec.voice_high, len(cfg.sung_words), rng)
+        vox, vsr = music.festival_vocals(notes, cfg.sung_words, spec.tempo, spec.voice[len(music.FESTIVAL_PREFIX):], work)
+    else:  # espeak-ng syllables pitch-shifted to the melody
+        bank = music.syllable_bank(spec.voice, cfg.syllables, work)
+        vsr = bank[0][2]
+        notes = music.make_melody(chords, spec.voice_low, spec.voice_high, len(bank), rng)
+        vox = music.render_vocals(notes, [(w, f0) for w, f0, _ in bank], spec.tempo, int(math.ceil(spec.seconds * vsr)) + 1, vsr)
     vox = audio.resample(torch.from_numpy(vox)[None], vsr, sr)[0].numpy()
     stems["vocals"] = np.stack([vox, vox])[:, :n]
     fade = np.linspace(1.0, 0.0, min(n, sr), dtype=np.float32)
@@ -299,7 +343,8 @@ def check_music(folder: Path) -> list[dict]:
 def print_report(report: dict) -> None:
     ev = report.get("events")
     if ev:
-        print("\nEVENTS  clips:", ev["clips"], " max peak %.3f" % ev["max_peak"], " held-out violations:", len(ev["heldout_violations"]))
+        print("\nEVENTS  clips:", ev["clips"], " max peak %.3f" % ev["max_peak"], " held-out violations:", len(ev["heldout_violations"]),
+              " reserved recordings dropped:", ev.get("reserved_dropped", 0))
         print(f"{'class':34s} {'recs':>5s} {'train':>6s} {'eval':>5s} {'heldout':>7s}")
         for name in ev["train_classes"] + ev["heldout_classes"]:
             c = [ev["class_counts"].get(sp, {}).get(name, 0) for sp in events.SPLITS]

