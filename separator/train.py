@@ -35,7 +35,7 @@ import logging
 import math
 import os
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from separator import audio
+from separator import audio, augment
 from separator.config import ConfigError, load_config, to_dict
 
 log = logging.getLogger(__name__)
@@ -69,6 +69,8 @@ __all__ = [
 
 #: added to the seed of the validation mixtures, so they never coincide with training mixtures
 _VAL_SEED_OFFSET = 1_000_003
+#: what a training mixture is conditioned on (see :class:`MixingConfig`)
+CONDITION_MODES = ("latent", "embedding", "centroid", "mixed")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -84,8 +86,26 @@ class MixingConfig:
         random_gain_db: extra interferer gain, uniform in ``[-g, g]`` dB (0: off, official).
         balanced: pick the target class uniformly first, then a segment of it (official: balanced queue);
             False: a uniformly random segment.
-        condition: ``latent`` (the target segment's own latent, official) or ``embedding`` (row ``label`` of
-            ``embeddings``: a label or text embedding per class).
+        condition: ``latent`` (the target segment's own latent, official), ``embedding`` (row ``label`` of
+            ``embeddings``: a label or text embedding per class), ``centroid`` (the mean latent of the target's
+            class over the training segments: what a label query gives at inference) or ``mixed``: per
+            mixture one of own latent / class centroid / a routed condition (the target class's centroid
+            weighted ``U(routed_weight_min, 1)`` plus 1-2 unrelated classes' centroids with the rest of the
+            weight, as soft text routing produces), drawn with probabilities ``condition_probs``. Used with a
+            separator that has ``cond_norm`` these reach the network at one scale (norm matched).
+        condition_probs: ``[own latent, centroid, routed]`` probabilities of ``mixed`` (normalised).
+        routed_weight_min: lowest weight of the target class in a routed condition.
+        snr_db: ``[low, high]``: the interferer is set to a target-to-interferer ratio drawn from this range (dB),
+            replacing the official RMS match (``null``: official).
+        level_dbfs: ``[low, high]``: the mixture is scaled to an RMS level drawn from this range (dBFS), target
+            and interferer with it (``null``: off).
+        bandlimit_prob, bandlimit_hz: probability that BOTH sources are low-passed at ``bandlimit_hz`` (a
+            narrow-band recording); the target is then the band-limited source.
+        reverb_prob, reverb_rt60, reverb_wet_db: probability that each source gets its own light synthetic
+            reverb (RT60 and tail energy drawn from the ranges); the target is the reverberant source.
+        val_manifest: a separate manifest (same class list) whose segments make the validation mixtures,
+            e.g. recordings never used for training; validation then uses ``centroid`` conditions (label
+            queries). ``null``: a clip-hash split of ``manifest`` (``val_fraction``).
         embeddings: ``.safetensors`` file with a tensor ``embeddings`` ``(classes, D)`` in the class order of
             the manifest (``condition: embedding`` only).
         ontology: AudioSet ontology JSON (list of ``{id, name, child_ids}``); labels related as parent/child
@@ -102,16 +122,34 @@ class MixingConfig:
     random_gain_db: float = 0.0
     balanced: bool = True
     condition: str = "latent"
+    condition_probs: tuple[float, float, float] = (0.3, 0.4, 0.3)
+    routed_weight_min: float = 0.5
     embeddings: str | None = None
     ontology: str | None = None
+    snr_db: tuple[float, float] | None = None
+    level_dbfs: tuple[float, float] | None = None
+    bandlimit_prob: float = 0.0
+    bandlimit_hz: float = 8000.0
+    reverb_prob: float = 0.0
+    reverb_rt60: tuple[float, float] = (0.15, 0.6)
+    reverb_wet_db: tuple[float, float] = (-18.0, -8.0)
+    val_manifest: str | None = None
     val_fraction: float = 0.1
     val_size: int = 64
     cache_mb: float = 512.0
     max_tries: int = 64
 
     def __post_init__(self) -> None:
-        if self.condition not in ("latent", "embedding"):
-            raise ConfigError(f"mixing.condition={self.condition!r}; choose 'latent' or 'embedding'")
+        if self.condition not in CONDITION_MODES:
+            raise ConfigError(f"mixing.condition={self.condition!r}; choose one of {CONDITION_MODES}")
+        if len(self.condition_probs) != 3 or min(self.condition_probs) < 0 or sum(self.condition_probs) <= 0:
+            raise ConfigError(f"mixing.condition_probs must be 3 non-negative numbers with a positive sum, got {self.condition_probs}")
+        for name in ("snr_db", "level_dbfs", "reverb_rt60", "reverb_wet_db"):
+            v = getattr(self, name)
+            if v is not None and (len(v) != 2 or v[0] > v[1]):
+                raise ConfigError(f"mixing.{name} must be [low, high] with low <= high, got {v}")
+        if not (0 <= self.bandlimit_prob <= 1 and 0 <= self.reverb_prob <= 1):
+            raise ConfigError(f"mixing.bandlimit_prob and reverb_prob must be in [0, 1], got {self.bandlimit_prob}, {self.reverb_prob}")
         if self.condition == "embedding" and not self.embeddings:
             raise ConfigError("mixing.condition='embedding' needs mixing.embeddings (a .safetensors file)")
         if not 0 < self.rms_ratio_min <= self.rms_ratio_max:
@@ -141,6 +179,8 @@ class SeparatorTrainingConfig:
         loss: ``l1`` (official), ``sisdr`` or ``mrstft``.
         optimizer: ``adam`` or ``adamw``; ``lr``, ``weight_decay``, ``amsgrad`` (official Adam amsgrad 1e-3).
         warmup_steps: linear learning-rate warm-up.
+        lr_schedule: ``warmup_constant`` (official: constant after warm-up) or ``warmup_cosine`` (cosine decay to
+            ``min_lr_ratio * lr`` at ``max_steps``; needs ``max_steps``).
         grad_clip: gradient norm clip (None: off).
         accelerator, devices, num_nodes, strategy: Lightning placement (``devices: 4`` -> DDP).
         precision: ``auto`` = ``bf16-mixed`` on CUDA, ``32-true`` elsewhere; or any Lightning precision.
@@ -168,6 +208,8 @@ class SeparatorTrainingConfig:
     weight_decay: float = 0.0
     amsgrad: bool = True
     warmup_steps: int = 0
+    lr_schedule: str = "warmup_constant"
+    min_lr_ratio: float = 0.05
     grad_clip: float | None = None
     accelerator: str = "auto"
     devices: Any = "auto"
@@ -186,6 +228,10 @@ class SeparatorTrainingConfig:
             raise ConfigError(f"loss={self.loss!r}; choose one of {sorted(LOSSES)}")
         if self.optimizer not in ("adam", "adamw"):
             raise ConfigError(f"optimizer={self.optimizer!r}; choose 'adam' or 'adamw'")
+        if self.lr_schedule not in ("warmup_constant", "warmup_cosine"):
+            raise ConfigError(f"lr_schedule={self.lr_schedule!r}; choose 'warmup_constant' or 'warmup_cosine'")
+        if self.lr_schedule == "warmup_cosine" and self.max_steps <= 0:
+            raise ConfigError("lr_schedule=warmup_cosine needs max_steps > 0 (the step the decay ends at)")
         if self.batch_size < 1 or self.epoch_size < 1:
             raise ConfigError(f"batch_size and epoch_size must be >= 1, got {self.batch_size}, {self.epoch_size}")
 
@@ -388,7 +434,13 @@ class MixtureDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, store: SegmentStore, indices: Sequence[int], overlap: LabelOverlap, config: MixingConfig,
-                 seed: int, length: int, conditions: torch.Tensor, condition_rows: Sequence[int]):
+                 seed: int, length: int, conditions: torch.Tensor, condition_rows: Sequence[int],
+                 centroids: torch.Tensor | None = None, condition_mode: str | None = None):
+        self.mode = condition_mode or config.condition
+        if self.mode in ("centroid", "mixed") and centroids is None:
+            raise ValueError(f"condition mode {self.mode!r} needs class centroids")
+        self.centroids = centroids  # (classes, D) or None
+        self.centroid_classes = [] if centroids is None else [k for k in range(centroids.shape[0]) if bool(centroids[k].abs().sum() > 0)]
         if len(indices) < 2:
             raise ValueError(f"need at least 2 segments to make mixtures, got {len(indices)}")
         self.store = store
@@ -442,22 +494,73 @@ class MixtureDataset(torch.utils.data.Dataset):
         pool = [j for j in self.indices if blocked.isdisjoint(self.store.labels[j])]
         return pool[int(torch.randint(len(pool), (1,), generator=g))]  # non-empty: targets have a partner
 
+    def _augment(self, s1: torch.Tensor, s2: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """Band limit (both sources) and light reverb (each source) before mixing; draws nothing when off."""
+        cfg, rate = self.cfg, self.store.sample_rate
+        if cfg.bandlimit_prob > 0 and float(torch.rand((), generator=g)) < cfg.bandlimit_prob:
+            s1, s2 = augment.lowpass(s1, rate, cfg.bandlimit_hz), augment.lowpass(s2, rate, cfg.bandlimit_hz)
+        if cfg.reverb_prob > 0:
+            out = []
+            for x in (s1, s2):
+                if float(torch.rand((), generator=g)) < cfg.reverb_prob:
+                    rir = augment.synthetic_rir(rate, augment.uniform(*cfg.reverb_rt60, g), augment.uniform(*cfg.reverb_wet_db, g), g)
+                    x = augment.convolve(x, rir)
+                out.append(x)
+            s1, s2 = out
+        return s1, s2
+
+    def _condition(self, t: int, g: torch.Generator) -> torch.Tensor:
+        """The condition ``(D,)`` of target segment ``t`` under this dataset's condition mode."""
+        own = self.conditions[self.condition_rows[t]]
+        if self.mode in ("latent", "embedding"):
+            return own
+        cls = self.store.mined_label[t]
+        centroid = self.centroids[cls]
+        if self.mode == "centroid":
+            return centroid
+        p = torch.tensor(self.cfg.condition_probs, dtype=torch.float64)
+        u = float(torch.rand((), generator=g)) * float(p.sum())
+        if u < p[0]:
+            return own
+        if u < p[0] + p[1]:
+            return centroid
+        blocked = self.overlap.expand(self.store.labels[t])
+        others = [k for k in self.centroid_classes if k not in blocked]
+        if not others:
+            return centroid
+        n = min(len(others), 1 + int(torch.randint(2, (1,), generator=g)))
+        picked = [others[int(j)] for j in torch.randperm(len(others), generator=g)[:n]]
+        w_t = augment.uniform(self.cfg.routed_weight_min, 1.0, g)
+        w = torch.rand(n, generator=g) + 1e-3
+        w = w / w.sum() * (1 - w_t)
+        return w_t * centroid + (w[:, None] * self.centroids[picked]).sum(0)
+
     def __getitem__(self, key: int) -> dict[str, Any]:
         g = torch.Generator().manual_seed(_item_seed(self.seed, key))
         t = self._pick(g, self.target_table, self.targets)
         i = self._partner(t, g)
         s1, s2 = self.store.audio(t), self.store.audio(i)
-        s2 = loudness_match(s1, s2, self.cfg.rms_ratio_min, self.cfg.rms_ratio_max)
+        s1, s2 = self._augment(s1, s2, g)
+        if self.cfg.snr_db is None:
+            s2 = loudness_match(s1, s2, self.cfg.rms_ratio_min, self.cfg.rms_ratio_max)
+        else:  # target-to-interferer ratio drawn in dB
+            snr = augment.uniform(*self.cfg.snr_db, g)
+            r1, r2 = float(_rms(s1)), float(_rms(s2))
+            if r1 > augment.SILENCE_RMS and r2 > augment.SILENCE_RMS:
+                s2 = s2 * (r1 / r2 * 10 ** (-snr / 20))
         gain = 1.0
         if self.cfg.random_gain_db > 0:
             db = (torch.rand((), generator=g).item() * 2 - 1) * self.cfg.random_gain_db
             gain = 10 ** (db / 20)
             s2 = s2 * gain
+        if self.cfg.level_dbfs is not None:
+            k = augment.scale_to_db(s1 + s2, augment.uniform(*self.cfg.level_dbfs, g))
+            s1, s2 = s1 * k, s2 * k
         return {
             "mixture": (s1 + s2)[None],
             "target": s1[None],
             "interferer": s2[None],
-            "condition": self.conditions[self.condition_rows[t]],
+            "condition": self._condition(t, g),
             "target_index": t,
             "interferer_index": i,
             "gain": gain,
@@ -526,7 +629,7 @@ class SeparatorDataModule:
         labels_used = set(int(k) for ls in self.store.labels for k in ls)
         num_classes = len(names) if names else max(labels_used) + 1
         self.overlap = LabelOverlap(num_classes, self.manifest.class_mids, names, mix.ontology)
-        if mix.condition == "latent":
+        if mix.condition != "embedding":
             self.conditions = self.manifest.latents.float()
             rows = list(range(len(self.store)))
         else:
@@ -540,18 +643,32 @@ class SeparatorDataModule:
                 raise ConfigError(f"{mix.embeddings}: {self.conditions.shape[0]} rows for {num_classes} classes")
             rows = self.store.mined_label
         self.cond_dim = int(self.conditions.shape[-1])
-        train_idx, val_idx = _split_by_clip(self.store.clip_ids, mix.val_fraction, config.seed)
-        if len({self.store.mined_label[i] for i in val_idx}) < 2:
-            # too little held out (or val_fraction 0): validate on fixed mixtures of the training segments
-            log.warning("held-out segments cover fewer than 2 classes: validation mixtures come from the training segments")
-            val_idx = train_idx
+        if mix.val_manifest:  # validation on other recordings: every segment of this manifest is for training
+            train_idx, val_idx = list(range(len(self.store))), []
+        else:
+            train_idx, val_idx = _split_by_clip(self.store.clip_ids, mix.val_fraction, config.seed)
+            if len({self.store.mined_label[i] for i in val_idx}) < 2:
+                # too little held out (or val_fraction 0): validate on fixed mixtures of the training segments
+                log.warning("held-out segments cover fewer than 2 classes: validation mixtures come from the training segments")
+                val_idx = train_idx
+        #: mean training latent (the separator's ``cond_center`` when it has ``cond_norm``)
+        self.latent_mean = self.manifest.latents.float()[train_idx].mean(0)
+        self.centroids = class_centroids(self.manifest.latents.float(), self.store.mined_label, train_idx, num_classes)
         self.train_set = MixtureDataset(self.store, train_idx, self.overlap, mix, config.seed, config.epoch_size,
-                                        self.conditions, rows)
-        self.val_set = (
-            MixtureDataset(self.store, val_idx, self.overlap, mix, config.seed + _VAL_SEED_OFFSET, mix.val_size,
-                           self.conditions, rows)
-            if mix.val_size > 0 and val_idx else None
-        )
+                                        self.conditions, rows, centroids=self.centroids)
+        self.val_set = None
+        if mix.val_size > 0 and mix.val_manifest:
+            vm = load_manifest(mix.val_manifest)
+            if list(vm.class_names or []) != list(names or []):
+                raise ConfigError(f"mixing.val_manifest {mix.val_manifest} has another class list than {config.manifest}")
+            self.val_store = SegmentStore(vm, sample_rate, self.segment_samples, mix.cache_mb)
+            clean = replace(mix, bandlimit_prob=0.0, reverb_prob=0.0)
+            self.val_set = MixtureDataset(self.val_store, list(range(len(self.val_store))), self.overlap, clean,
+                                          config.seed + _VAL_SEED_OFFSET, mix.val_size, vm.latents.float(),
+                                          list(range(len(self.val_store))), centroids=self.centroids, condition_mode="centroid")
+        elif mix.val_size > 0 and val_idx:
+            self.val_set = MixtureDataset(self.store, val_idx, self.overlap, mix, config.seed + _VAL_SEED_OFFSET, mix.val_size,
+                                          self.conditions, rows, centroids=self.centroids)
 
     def _loader(self, ds: MixtureDataset, fixed: bool) -> torch.utils.data.DataLoader:
         world = _rank_world()[1]
@@ -570,6 +687,20 @@ class SeparatorDataModule:
 
     def val_dataloader(self) -> torch.utils.data.DataLoader | list:
         return self._loader(self.val_set, fixed=True) if self.val_set is not None else []
+
+
+def class_centroids(latents: torch.Tensor, labels: Sequence[int], rows: Sequence[int], num_classes: int) -> torch.Tensor:
+    """Mean latent per class over segment ``rows`` ``(num_classes, D)``; classes without a segment stay 0.
+
+    These are what a label query gives at inference (the label bank is built the same way from the same
+    segments), so ``centroid`` / ``mixed`` training conditions match inference conditions.
+    """
+    out = torch.zeros(num_classes, latents.shape[-1])
+    count = torch.zeros(num_classes)
+    for r in rows:
+        out[labels[r]] += latents[r]
+        count[labels[r]] += 1
+    return out / count.clamp(min=1)[:, None]
 
 
 def _collate(items: list[dict[str, Any]]) -> dict[str, Any]:
@@ -594,7 +725,8 @@ class SeparatorModule(L.LightningModule):
     """
 
     def __init__(self, model: nn.Module, loss: str = "l1", optimizer: str = "adam", lr: float = 1e-3,
-                 weight_decay: float = 0.0, amsgrad: bool = True, warmup_steps: int = 0):
+                 weight_decay: float = 0.0, amsgrad: bool = True, warmup_steps: int = 0,
+                 cosine_steps: int = 0, min_lr_ratio: float = 0.05):
         super().__init__()
         if loss not in LOSSES:
             raise ValueError(f"loss={loss!r}; choose one of {sorted(LOSSES)}")
@@ -603,6 +735,7 @@ class SeparatorModule(L.LightningModule):
         self.loss_fn = LOSSES[loss]
         self.optimizer_name = optimizer
         self.lr, self.weight_decay, self.amsgrad, self.warmup_steps = lr, weight_decay, amsgrad, warmup_steps
+        self.cosine_steps, self.min_lr_ratio = cosine_steps, min_lr_ratio
         self.save_hyperparameters(ignore=["model"])
 
     def forward(self, mixture: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
@@ -630,10 +763,12 @@ class SeparatorModule(L.LightningModule):
             opt = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay, amsgrad=self.amsgrad)
         else:
             opt = torch.optim.Adam(params, lr=self.lr, weight_decay=self.weight_decay, amsgrad=self.amsgrad)
-        if self.warmup_steps <= 0:
+        if self.warmup_steps <= 0 and self.cosine_steps <= 0:
             return opt
-        warm = self.warmup_steps
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / warm))
+        from sed.train import warmup_scale
+
+        warm, total, floor = self.warmup_steps, self.cosine_steps, self.min_lr_ratio
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: warmup_scale(step, warm, total, total > 0, floor))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
@@ -736,8 +871,12 @@ def train_separator(config: SeparatorTrainingConfig) -> Path:
         rate = int(config.model.get("sample_rate", QueryUNetConfig().sample_rate))
     dm = SeparatorDataModule(config, rate)
     model, model_cfg = build_model(config, dm.cond_dim)
+    if getattr(model, "cond_center", None) is not None:  # cond_norm: centre conditions on the mean training latent
+        with torch.no_grad():
+            model.cond_center.copy_(dm.latent_mean)
     module = SeparatorModule(model, config.loss, config.optimizer, config.lr, config.weight_decay, config.amsgrad,
-                             config.warmup_steps)
+                             config.warmup_steps, config.max_steps if config.lr_schedule == "warmup_cosine" else 0,
+                             config.min_lr_ratio)
     ckpt_dir = out / "checkpoints"
     has_val = dm.val_set is not None
     best = ModelCheckpoint(dirpath=ckpt_dir, filename="best-{epoch}-{step}", monitor="val/sisdri" if has_val else None,

@@ -41,7 +41,7 @@ class CorpusConfig:
     eval_per_class: int = 15
     heldout_per_class: int = 20
     eval_fraction: float = 0.25  # of each class's recordings, kept for eval clips only
-    max_sources_per_class: int = 150  # recordings drawn per class (seeded), bounds memory and time
+    max_sources_per_class: int = 400  # recordings drawn per class (seeded), bounds memory and time
     max_event_seconds: float = 6.0
     source_rms_db: float = -24.0
     min_events: int = 1

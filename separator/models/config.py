@@ -49,6 +49,13 @@ class QueryUNetConfig:
         input_norm: BatchNorm over frequency bins of the input magnitude (official ``bn0``).
         bn_momentum: BatchNorm momentum (official 0.01).
         phase_floor: ``|X|`` floor used to compute the mixture phase (official 1e-10).
+        level_norm: divide the mixture by its RMS before the STFT and multiply the estimate back, so
+            the output does not depend on the input level (a mask model is then scale-equivariant).
+            Not in the official model (False); qsep-starter v2 uses it.
+        cond_norm: centre the condition on the buffer ``cond_center`` (the mean training condition,
+            set by training) and scale it to L2 norm ``sqrt(cond_dim)``, so own-segment latents, class
+            centroids and weighted mixtures of centroids (text routing) reach the network at one scale
+            whatever their raw norm. Not official (False); qsep-starter v2 uses it.
     """
 
     sample_rate: int = 32000
@@ -71,6 +78,8 @@ class QueryUNetConfig:
     input_norm: bool = True
     bn_momentum: float = 0.01
     phase_floor: float = 1e-10
+    level_norm: bool = False
+    cond_norm: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "channels", tuple(int(c) for c in self.channels))

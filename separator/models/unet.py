@@ -14,6 +14,11 @@ Pipeline (all presets; the ``zsass`` preset reproduces the official ZS-ASS separ
 5. Mask: ``sigmoid(logit) * |X|`` with the mixture phase
    ``X / max(|X|, phase_floor)`` (``magnitude``), optionally rotated by a
    predicted unit phasor (``complex``); ISTFT to the input length.
+
+Two options that the official model lacks (both off in its preset): ``level_norm`` runs the
+network on the mixture scaled to unit RMS and scales the estimate back (level invariance);
+``cond_norm`` centres and rescales the condition before the network (one scale for every kind
+of query). See :class:`~separator.models.config.QueryUNetConfig`.
 """
 from __future__ import annotations
 
@@ -30,6 +35,9 @@ from separator.models.blocks import BlockStack, DecoderStage, EncoderStage
 from separator.models.config import QueryUNetConfig
 
 __all__ = ["QueryUNet", "build_from_config"]
+
+#: RMS below which ``level_norm`` stops scaling up (about -100 dBFS): digital silence stays silence.
+LEVEL_FLOOR = 1e-5
 
 
 class QueryUNet(nn.Module):
@@ -59,6 +67,9 @@ class QueryUNet(nn.Module):
             cin = ch
         self.after = BlockStack(1, c.block, cin, cin, **common)
         self.head = nn.Conv2d(cin, self.out_per_bin * c.freq_fold, 1)
+        if c.cond_norm:
+            # mean training condition (set by `qsep train separator`); saved with the weights
+            self.register_buffer("cond_center", torch.zeros(c.cond_dim))
         if c.mask == "complex":
             # the phase rotation starts as the identity (re = 1, im = 0), so an untrained
             # model keeps the mixture phase instead of scrambling it
@@ -98,6 +109,12 @@ class QueryUNet(nn.Module):
             )
         length = mixture.shape[-1]
         x = mixture[:, 0].float()  # (batch, time)
+        gain = None
+        if c.level_norm:
+            gain = x.pow(2).mean(-1, keepdim=True).sqrt().clamp(min=LEVEL_FLOOR)  # (batch, 1) RMS
+            x = x / gain
+        if c.cond_norm:
+            condition = F.normalize(condition.float() - self.cond_center, dim=-1) * c.cond_dim ** 0.5  # (batch, cond_dim)
         short = c.n_fft // 2 + 1 - length
         if c.center and short > 0:  # reflect padding needs more than n_fft/2 samples: zero-extend, crop at the end
             x = F.pad(x, (0, short))
@@ -118,6 +135,9 @@ class QueryUNet(nn.Module):
                 cos, sin = cos * pr - sin * pi, sin * pr + cos * pi
             target = torch.complex(sp * cos, sp * sin)
             wav = istft(rearrange(target, "b 1 n f -> b 1 f n"), c.stft, x.shape[-1])[..., :length]  # (batch, 1, time)
+            if gain is not None:
+                wav = wav * gain[:, :, None]
+                sp = sp * gain[:, :, None, None]
         return {"wav": wav, "magnitude": mag, "mask_logits": logits, "sp": sp}
 
     def _network(self, mag: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
