@@ -631,6 +631,7 @@ def evaluate_mixtures(
     oracle: Optional[str] = typer.Option(None, "--oracle", help="Evaluate an oracle instead of a model: mixture or irm."),
     classes: Optional[str] = typer.Option(None, "--classes", help="Classes to evaluate, separated like --held-out (default: every label in the corpus)."),
     query: str = typer.Option("text", "--query", help="Query kind: text, audio or label."),
+    unrelated_text: Optional[str] = typer.Option(None, "--unrelated-text", help="A control: query EVERY class with this one text (with --query text), e.g. 'typing on a computer keyboard'."),
     per_class: int = typer.Option(10, "--per-class", help="Mixtures per class."),
     seed: int = typer.Option(0, "--seed", help="Seed of the mixture draw."),
     out: Path = typer.Option(Path("mixtures_eval"), "--out", help="Output folder (mixture set, results JSON + markdown)."),
@@ -643,6 +644,8 @@ def evaluate_mixtures(
 
     if (model is None) == (oracle is None):
         fail("give exactly one of --model DIR or --oracle mixture|irm")
+    if unrelated_text is not None and (query != "text" or oracle is not None):
+        fail("--unrelated-text is a control for --query text with a --model")
     try:
         items = mx.read_corpus(corpus)
         wanted = _split_list(classes) if classes else sorted({lab for it in items for lab in it.labels})
@@ -673,12 +676,15 @@ def evaluate_mixtures(
             estimator = est_mod.ConditionEstimator(separate=by_query, name="model")
         bar, update = _progress_bar()
         with bar:
+            texts = {c: unrelated_text for c in wanted} if unrelated_text else None
             results = mx.evaluate_mixtures(specs, estimator, held, query_kind=query, query_audio=query_audio,
-                                           config=config, progress=update)
+                                           config=config, texts=texts, progress=update)
+            if unrelated_text:
+                results["query_text"] = unrelated_text
     except (OSError, ValueError, KeyError, ImportError) as err:
         fail(str(err))
     out.mkdir(parents=True, exist_ok=True)
-    stem = f"results_{results['method']}_{query}"
+    stem = f"results_{results['method']}_{query}" + ("_unrelated" if unrelated_text else "")
     (out / f"{stem}.json").write_text(json.dumps(results, indent=2))
     (out / f"{stem}.md").write_text(mx.results_markdown(results))
     typer.echo(mx.results_markdown(results))

@@ -58,6 +58,16 @@ SEGMENT_SECONDS = 2.0
 #: a 2-s stem segment is used when its RMS is above this (dBFS); the stems sit at -20..-31 dBFS
 MIN_SEGMENT_DBFS = -45.0
 MODEL_NAME = "qsep-starter"
+#: short runs that isolate one change each (name, anchors manifest, KEY=VALUE overrides of separator_starter.yaml);
+#: each is compared by its validation SI-SDRi (eval recordings, label queries) in EXPERIMENTS.md
+ABLATIONS: tuple[tuple[str, str, list[str]], ...] = (
+    ("abl_oracle", "segments", []),
+    ("abl_mined", "segments_mined", []),
+)
+#: the control query of the evaluation: one unrelated text for every class (issue 14's measurement)
+UNRELATED_TEXT = "typing on a computer keyboard"
+#: the last this many music TRAIN tracks are kept out of training, for validation (checkpoint selection)
+MUSIC_VALID_TRACKS = 10
 REPO = Path(__file__).resolve().parents[2]
 QSEP = [sys.executable, "-m", "separator.cli"]
 
@@ -124,113 +134,150 @@ def step_mine(data: Path, runs: Path, detector: Path) -> Path:
     return out
 
 
-def step_music(data: Path, runs: Path, detector_dir: Path, mined: Path) -> tuple[Path, Path]:
-    """Write ``RUNS/segments`` (mined events + music stems) and ``RUNS/segments_heldout`` (+ held-out events)."""
-    from sed.mining import load_manifest, write_manifest
+def _windows(mono: torch.Tensor, seg: int, hop: int, min_dbfs: float) -> list[tuple[int, torch.Tensor]]:
+    """(start sample, crop) of the ``seg``-long windows of ``mono (samples,)`` every ``hop`` above ``min_dbfs`` RMS."""
+    out = []
+    for start in range(0, mono.shape[-1] - seg + 1, hop):
+        x = mono[start : start + seg]
+        if 20 * torch.log10(x.pow(2).mean().sqrt().clamp(min=1e-12)) >= min_dbfs:
+            out.append((start, x))
+    return out
 
-    seg_dir, held_dir = runs / "segments", runs / "segments_heldout"
-    if (seg_dir / "mining.json").is_file() and (held_dir / "mining.json").is_file():
-        return seg_dir, held_dir
-    m = load_manifest(mined)
-    rate = m.sample_rate
-    names = list(m.class_names)
-    mids = list(m.class_mids or [""] * len(names))
-    detector = ModelFolder(detector_dir).build("detector").eval()
+
+def _stem_crops(path: Path, seg: int) -> list[tuple[int, torch.Tensor]]:
+    """Non-overlapping non-silent 2-s windows of a 32 kHz mono stem file."""
+    return _windows(audio.load(path)[0][0], seg, seg, MIN_SEGMENT_DBFS)
+
+
+def _source_crops(path: Path, seg: int) -> list[tuple[int, torch.Tensor]]:
+    """Crops of one clean event source: half-overlapping non-silent 2-s windows (a short recording still gives
+    a few distinct targets), or the whole source zero-padded to 2 s when it is shorter."""
+    mono = audio.load(path)[0][0]
+    if mono.shape[-1] <= seg:
+        return [(0, torch.nn.functional.pad(mono, (0, seg - mono.shape[-1])))]
+    return _windows(mono, seg, seg // 2, MIN_SEGMENT_DBFS) or [(0, mono[:seg])]
+
+
+def _music_tracks(data: Path, split: str) -> list[Path]:
+    """Music tracks of a corpus split; the last :data:`MUSIC_VALID_TRACKS` TRAIN tracks are kept for validation."""
+    train = sorted(p for p in (data / "music" / "train").iterdir() if p.is_dir())
+    if split == "train":
+        return train[:-MUSIC_VALID_TRACKS] if len(train) > 2 * MUSIC_VALID_TRACKS else train
+    if split == "valid":
+        return train[-MUSIC_VALID_TRACKS:] if len(train) > 2 * MUSIC_VALID_TRACKS else []
+    raise ValueError(split)
+
+
+def _oracle_rows(data: Path, runs: Path, split: str, names: list[str], rate: int) -> tuple[list[dict], list[torch.Tensor]]:
+    """Segment rows and crops of the clean sources of an event split (``train`` / ``eval`` / ``heldout``) and,
+    for ``train`` / ``eval``, of the music stems (train tracks / validation tracks)."""
+    ev = data / "events"
     seg = int(round(SEGMENT_SECONDS * rate))
-
-    rows = [dict(r) for r in m.segments.to_dict("records")]
-    lats = [m.latents]
-    # music TRAIN stems -> 32 kHz mono files + non-silent 2-s segments
+    rows, crops = [], []
+    with (ev / "sources.csv").open(newline="") as f:
+        sources = [r for r in csv.DictReader(f) if r["split"] == split]
+    for r in sources:
+        k = names.index(r["display_name"])
+        path = ev / r["path"]
+        for start, x in _source_crops(path, seg):
+            crops.append(x)
+            rows.append({"clip_id": f"source/{r['source_id']}", "clip_index": -1, "audio_path": str(path), "label": k,
+                         "label_name": r["display_name"], "clip_labels": (k,), "start": start / rate,
+                         "end": start / rate + SEGMENT_SECONDS, "confidence": 1.0})
+    if split == "heldout":
+        return rows, crops
     stem_dir = runs / "music32k"
-    crops, music_rows = [], []
-    tracks = sorted(p for p in (data / "music" / "train").iterdir() if p.is_dir())
-    for stem, (cls, mid) in STEM_CLASSES.items():
-        k = len(names)
-        names.append(cls)
-        mids.append(mid)
-        for t in tracks:
+    for t in _music_tracks(data, "train" if split == "train" else "valid"):
+        for stem, (cls, _) in STEM_CLASSES.items():
+            k = names.index(cls)
             path = stem_dir / t.name / f"{stem}.wav"
             if not path.is_file():
                 wav, _ = audio.load(t / f"{stem}.wav", sample_rate=rate, channels=1)
                 path.parent.mkdir(parents=True, exist_ok=True)
                 audio.save(path, wav, rate, bit_depth="32f")
-            wav, _ = audio.load(path)
-            mono = wav[0]
-            for i in range(mono.shape[-1] // seg):
-                x = mono[i * seg : (i + 1) * seg]
-                if 20 * torch.log10(x.pow(2).mean().sqrt().clamp(min=1e-12)) < MIN_SEGMENT_DBFS:
-                    continue
+            for start, x in _stem_crops(path, seg):
                 crops.append(x)
-                music_rows.append({
-                    "clip_id": f"{t.name}/{stem}", "clip_index": -1, "audio_path": str(path), "label": k,
-                    "label_name": cls, "clip_labels": (k,), "start": i * SEGMENT_SECONDS,
-                    "end": (i + 1) * SEGMENT_SECONDS, "confidence": 1.0,
-                })
-    log(f"music: {len(music_rows)} stem segments from {len(tracks)} train tracks")
-    lats.append(_latents(detector, crops))
-    rows += music_rows
-    write_manifest(seg_dir, rows, torch.cat(lats), rate, class_names=names, segment_seconds=SEGMENT_SECONDS,
-                   class_mids=mids)
-
-    # held-out events (strong labels of the held-out clips): only for validating the text projection
-    ev = data / "events"
-    held_names, held_mids = _names(ev / "heldout_classes.csv")
-    clip_audio = {p.stem: p for p in (ev / "audio" / "heldout").glob("*.wav")}
-    h_crops, h_rows = [], []
-    with (ev / "events.csv").open(newline="") as f:
-        for r in csv.DictReader(f):
-            if r["display_name"] not in held_names or r["clip_id"] not in clip_audio:
-                continue
-            k = len(names) + held_names.index(r["display_name"])
-            wav, _ = audio.load(clip_audio[r["clip_id"]], sample_rate=rate, channels=1)
-            start = min(int(float(r["onset_seconds"]) * rate), max(0, wav.shape[-1] - seg))
-            x = wav[0, start : start + seg]
-            x = torch.nn.functional.pad(x, (0, seg - x.shape[-1]))
-            h_crops.append(x)
-            h_rows.append({
-                "clip_id": r["clip_id"], "clip_index": -1, "audio_path": str(clip_audio[r["clip_id"]]), "label": k,
-                "label_name": r["display_name"], "clip_labels": (k,), "start": start / rate,
-                "end": start / rate + SEGMENT_SECONDS, "confidence": 1.0,
-            })
-    log(f"held-out: {len(h_rows)} event segments of {held_names} (projection validation only)")
-    write_manifest(held_dir, rows + h_rows, torch.cat(lats + [_latents(detector, h_crops)]), rate,
-                   class_names=names + held_names, segment_seconds=SEGMENT_SECONDS, class_mids=mids + held_mids)
-    return seg_dir, held_dir
+                rows.append({"clip_id": f"{t.name}/{stem}", "clip_index": -1, "audio_path": str(path), "label": k,
+                             "label_name": cls, "clip_labels": (k,), "start": start / rate,
+                             "end": start / rate + SEGMENT_SECONDS, "confidence": 1.0})
+    return rows, crops
 
 
-def step_separator(runs: Path, segments: Path, detector: Path, steps: int, sisdr_steps: int) -> Path:
-    """``steps`` with the official L1 loss, then ``sisdr_steps`` more with the SI-SDR loss (same run, resumed).
+def step_segments(data: Path, runs: Path, detector_dir: Path, mined: Path) -> dict[str, Path]:
+    """Segment manifests (latents from the trained detector), all with one class list (events + 4 stems):
 
-    On the 2-core CPU budget the L1 run's validation SI-SDRi wandered around 0 dB (+0.8 at step 600, -1.6 at
-    step 800); the SI-SDR loss optimises the reported metric directly. The exported model is the best
-    checkpoint by validation SI-SDRi over both stages.
+    * ``segments`` (ORACLE anchors, the default targets): 2-s windows of the clean train-split event sources
+      (the corpus knows where it placed each event, so no detector is needed to find it) + music train stems;
+    * ``segments_val``: the same from the EVAL-split sources (recordings never in a train clip) + the music
+      validation tracks: validation and checkpoint selection only;
+    * ``segments_mined``: the SED-mined anchors of the train clips + music train stems (the paper's method;
+      the ablation "mined vs oracle anchors");
+    * ``segments_heldout``: ``segments`` + the held-out classes' sources, only to VALIDATE the text projection.
     """
-    out = runs / "separator"
-    done = out / f"done-{steps}-{sisdr_steps}"
+    from sed.mining import load_manifest, write_manifest
+
+    out = {k: runs / k for k in ("segments", "segments_val", "segments_mined", "segments_heldout")}
+    if all((p / "mining.json").is_file() for p in out.values()):
+        return out
+    m = load_manifest(mined)
+    rate = m.sample_rate
+    names = list(m.class_names) + [v[0] for v in STEM_CLASSES.values()]
+    mids = list(m.class_mids or [""] * len(m.class_names)) + [v[1] for v in STEM_CLASSES.values()]
+    held_names, held_mids = _names(data / "events" / "heldout_classes.csv")
+    detector = ModelFolder(detector_dir).build("detector").eval()
+    kw = dict(segment_seconds=SEGMENT_SECONDS)
+
+    train_rows, train_crops = _oracle_rows(data, runs, "train", names, rate)
+    train_lat = _latents(detector, train_crops)
+    write_manifest(out["segments"], train_rows, train_lat, rate, class_names=names, class_mids=mids, **kw)
+    log(f"oracle train segments: {len(train_rows)}")
+    val_rows, val_crops = _oracle_rows(data, runs, "eval", names, rate)
+    write_manifest(out["segments_val"], val_rows, _latents(detector, val_crops), rate, class_names=names, class_mids=mids, **kw)
+    log(f"oracle validation segments (eval recordings + music validation tracks): {len(val_rows)}")
+    music = [i for i, r in enumerate(train_rows) if r["clip_id"].startswith("starter_")]
+    mined_rows = [dict(r) for r in m.segments.to_dict("records")] + [train_rows[i] for i in music]
+    write_manifest(out["segments_mined"], mined_rows, torch.cat([m.latents.float(), train_lat[music]]), rate,
+                   class_names=names, class_mids=mids, **kw)
+    log(f"mined segments (ablation): {len(m.segments)} events + {len(music)} music")
+    h_rows, h_crops = _oracle_rows(data, runs, "heldout", names + held_names, rate)
+    write_manifest(out["segments_heldout"], train_rows + h_rows, torch.cat([train_lat, _latents(detector, h_crops)]), rate,
+                   class_names=names + held_names, class_mids=mids + held_mids, **kw)
+    log(f"held-out event segments {len(h_rows)} of {held_names} (projection validation only)")
+    return out
+
+
+def step_separator(runs: Path, segs: dict[str, Path], detector: Path, steps: int, name: str = "separator",
+                   anchors: str = "segments", extra: list[str] | None = None) -> Path:
+    """``qsep train separator`` (configs/separator_starter.yaml) on ``segs[anchors]`` for ``steps`` steps, validated on
+    ``segs["segments_val"]`` (eval-split recordings queried by label centroids); the export is the best checkpoint
+    by that validation SI-SDRi. ``name`` / ``anchors`` / ``extra`` (KEY=VALUE overrides) make ablation runs."""
+    out = runs / name
+    done = out / f"done-{steps}"
     if done.is_file():
         return out / "model"
-    base = QSEP + ["train", "separator", "--config", "configs/separator_starter.yaml", "--manifest", str(segments),
-                   "--detector", str(detector), "--out", str(out)]
-    run(base + ["--max-steps", str(steps)], runs / "separator.log")
-    if sisdr_steps > 0:
-        run(base + ["--max-steps", str(steps + sisdr_steps), "--set", "loss=sisdr"], runs / "separator.log")
+    cmd = QSEP + ["train", "separator", "--config", "configs/separator_starter.yaml", "--manifest", str(segs[anchors]),
+                  "--detector", str(detector), "--out", str(out), "--max-steps", str(steps),
+                  "--set", f"mixing.val_manifest={segs['segments_val']}"]
+    for kv in extra or []:
+        cmd += ["--set", kv]
+    run(cmd, runs / f"{name}.log")
     done.write_text("")
     return out / "model"
 
 
-def step_projection(data: Path, runs: Path, seg_dir: Path, held_dir: Path, model: Path, steps: int) -> Path:
+def step_projection(data: Path, runs: Path, segs: dict[str, Path], model: Path, steps: int) -> Path:
     """Validate on held-out classes (standalone output), then add the training-classes-only version to the model."""
     val_out = runs / "projection_heldout_val"
     if not (val_out / "config.json").is_file():
         # held_out_classes are listed in this config (the corpus's heldout_classes.csv)
         run(QSEP + ["train", "text-projection", "--config", "configs/text_projection_starter_heldout.yaml",
-                    "--manifest", str(held_dir), "--steps", str(steps), "--out", str(val_out), "--overwrite"],
+                    "--manifest", str(segs["segments_heldout"]), "--steps", str(steps), "--out", str(val_out), "--overwrite"],
             runs / "projection_heldout_val.log")
     if "text_projection" not in ModelFolder(model).components:
         # the same training split (held-out segments come last and never enter it), so the same projection;
         # this run's label bank holds training classes only
         run(QSEP + ["train", "text-projection", "--config", "configs/text_projection_starter.yaml",
-                    "--manifest", str(seg_dir), "--steps", str(steps), "--model", str(model)], runs / "projection.log")
+                    "--manifest", str(segs["segments"]), "--steps", str(steps), "--model", str(model)], runs / "projection.log")
     return model
 
 
@@ -263,19 +310,16 @@ def step_evaluate(data: Path, runs: Path, model: Path | None) -> None:
     ev = data / "events"
     out = runs / "eval"
     out.mkdir(parents=True, exist_ok=True)
-    # one corpus: eval clips (training classes, unseen recordings) + held-out clips (held-out classes)
-    all_names, all_mids = _names(ev / "class_labels_indices_all.csv")
-    mid_name = dict(zip(all_mids, all_names))
+    # one corpus of CLEAN isolated recordings: the eval-split sources (training classes, recordings never in a
+    # training step) + the held-out classes' sources; each mixture is one target recording + one interferer
+    # recording of another class, so the reference holds exactly one sound (clips hold 1-3 events)
     corpus = out / "eval_corpus.csv"
-    with corpus.open("w", newline="") as f:
+    with corpus.open("w", newline="") as f, (ev / "sources.csv").open(newline="") as src:
         w = csv.writer(f)
         w.writerow(["path", "labels"])
-        for split, seg_csv in (("eval", "eval_segments.csv"), ("heldout", "heldout_segments.csv")):
-            for row in csv.reader((ev / seg_csv).open(newline=""), skipinitialspace=True):
-                if not row or row[0].startswith("#"):
-                    continue
-                mids = [x.strip() for x in ",".join(row[3:]).strip('"').split(",") if x.strip()]
-                w.writerow([str(ev / "audio" / split / f"{row[0]}.wav"), ";".join(mid_name[x] for x in mids)])
+        for r in csv.DictReader(src):
+            if r["split"] in ("eval", "heldout"):
+                w.writerow([str(ev / r["path"]), r["display_name"]])
     held = ";".join(_names(ev / "heldout_classes.csv")[0])
     musdb_dur = os.environ.get("QSEP_STARTER_MUSDB_DURATION")
     extra = ["--duration", musdb_dur] if musdb_dur else []
@@ -289,10 +333,10 @@ def step_evaluate(data: Path, runs: Path, model: Path | None) -> None:
                     "--out", str(out / "musdb_oracles")] + extra, runs / "eval.log")
     if model is None:
         return
-    for q in ("text", "audio", "label"):
+    for q, extra in (("text", []), ("audio", []), ("label", []), ("text_unrelated", ["--unrelated-text", UNRELATED_TEXT])):
         if not any((out / f"mixtures_{q}").glob("results*.json")):
-            run(QSEP + ["evaluate", "mixtures", str(corpus), "--held-out", held, "--model", str(model), "--query", q,
-                        "--out", str(out / f"mixtures_{q}")], runs / "eval.log")
+            run(QSEP + ["evaluate", "mixtures", str(corpus), "--held-out", held, "--model", str(model),
+                        "--query", q.split("_")[0], "--out", str(out / f"mixtures_{q}")] + extra, runs / "eval.log")
     if not (out / "musdb_audio").exists():
         run(QSEP + ["evaluate", "musdb", str(data / "music"), "--model", str(model), "-j", "2",
                     "--out", str(out / "musdb_audio")] + extra, runs / "eval.log")
@@ -302,15 +346,27 @@ def step_evaluate(data: Path, runs: Path, model: Path | None) -> None:
 
 
 def summarize(runs: Path) -> str:
-    """A markdown table of the headline numbers in ``RUNS/eval`` (mixtures: seen / held-out; MUSDB: SDR per stem)."""
+    """Markdown tables of the headline numbers in ``RUNS/eval``: mixtures (mean over classes and median over
+    mixtures, seen / held-out classes; the target-text minus unrelated-text gap) and MUSDB-style SDR per stem."""
     out = runs / "eval"
-    lines = ["| method | query | seen SDRi | seen SI-SDRi | held-out SDRi | held-out SI-SDRi |", "|---|---|---|---|---|---|"]
-    for name in ("mixtures_text", "mixtures_audio", "mixtures_label", "mixtures_oracle_mixture", "mixtures_oracle_irm"):
+    lines = ["| method | query | seen SDRi | seen SI-SDRi | seen SI-SDRi median | held-out SDRi | held-out SI-SDRi | held-out SI-SDRi median |",
+             "|---|---|---|---|---|---|---|---|"]
+    got: dict[str, dict] = {}
+    for name in ("mixtures_text", "mixtures_label", "mixtures_audio", "mixtures_text_unrelated", "mixtures_oracle_mixture", "mixtures_oracle_irm"):
         for f in sorted((out / name).glob("results*.json")):
             d = json.loads(f.read_text())
+            got[name] = d
             s, h = d["seen"], d["held_out"]
-            q = d["query_kind"] if "oracle" not in name else "-"
-            lines.append(f"| {d['method']} | {q} | {s['sdri']:.2f} | {s['si_sdri']:.2f} | {h['sdri']:.2f} | {h['si_sdri']:.2f} |")
+            q = "-" if "oracle" in name else (f"text {UNRELATED_TEXT!r} (control)" if "unrelated" in name else d["query_kind"])
+            fmt = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
+            lines.append(f"| {d['method']} | {q} | {fmt(s['sdri'])} | {fmt(s['si_sdri'])} | {fmt(s.get('si_sdri_median'))} | "
+                         f"{fmt(h['sdri'])} | {fmt(h['si_sdri'])} | {fmt(h.get('si_sdri_median'))} |")
+    if "mixtures_text" in got and "mixtures_text_unrelated" in got:
+        gap = [a["si_sdri"] - b["si_sdri"] for a, b in zip(got["mixtures_text"]["mixtures"], got["mixtures_text_unrelated"]["mixtures"])]
+        seen = [g for g, r in zip(gap, got["mixtures_text"]["mixtures"]) if not r["held_out"]]
+        held = [g for g, r in zip(gap, got["mixtures_text"]["mixtures"]) if r["held_out"]]
+        med = lambda v: f"{float(torch.tensor(v).median()):.2f}" if v else "-"  # noqa: E731
+        lines += ["", f"Target text minus unrelated text, SI-SDRi per mixture, median: seen {med(seen)} dB, held-out {med(held)} dB."]
     lines += ["", "| method | queries | vocals | drums | bass | other | mean |", "|---|---|---|---|---|---|---|"]
     for name, q in (("musdb_audio", "audio (train stems)"), ("musdb_text", "text"), ("musdb_oracles", "-")):
         f = out / name / "summary.json"
@@ -331,13 +387,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--runs", type=Path, default=Path("/work/data/starter_runs"), help="run folder")
     ap.add_argument("--sed-steps", type=int, default=900)
     ap.add_argument("--sed-ft-steps", type=int, default=450, help="fine-tuning steps without mixup (0: none)")
-    ap.add_argument("--sep-steps", type=int, default=900, help="separator steps with the official L1 loss")
-    ap.add_argument("--sep-sisdr-steps", type=int, default=1100, help="then this many with the SI-SDR loss")
+    ap.add_argument("--sep-steps", type=int, default=3000, help="separator steps (SI-SDR loss, warm-up + cosine)")
+    ap.add_argument("--ablations", action="store_true", help=f"first the short ablation runs {[a[0] for a in ABLATIONS]}")
+    ap.add_argument("--ablation-steps", type=int, default=400)
     ap.add_argument("--proj-steps", type=int, default=300)
     ap.add_argument("--package", action="store_true", help="copy the model to separator/pretrained/qsep-starter")
     ap.add_argument("--evaluate", action="store_true", help="run the evaluations into RUNS/eval")
     ap.add_argument("--summary", action="store_true", help="only print the table of RUNS/eval's numbers")
-    ap.add_argument("--stop-after", choices=["sed", "mine", "music", "separator", "projection"], default=None)
+    ap.add_argument("--stop-after", choices=["sed", "mine", "segments", "separator", "projection"], default=None)
     args = ap.parse_args(argv)
     if args.summary:
         print(summarize(args.runs))
@@ -361,13 +418,15 @@ def main(argv: list[str] | None = None) -> None:
     mined = timed("mine", step_mine, args.data, args.runs, det)
     if args.stop_after == "mine":
         return
-    seg_dir, held_dir = timed("music", step_music, args.data, args.runs, det, mined)
-    if args.stop_after == "music":
+    segs = timed("segments", step_segments, args.data, args.runs, det, mined)
+    if args.stop_after == "segments":
         return
-    model = timed("separator", step_separator, args.runs, seg_dir, det, args.sep_steps, args.sep_sisdr_steps)
+    for name, anchors, extra in ABLATIONS if args.ablations else ():
+        timed(name, step_separator, args.runs, segs, det, args.ablation_steps, name, anchors, extra)
+    model = timed("separator", step_separator, args.runs, segs, det, args.sep_steps)
     if args.stop_after == "separator":
         return
-    timed("projection", step_projection, args.data, args.runs, seg_dir, held_dir, model, args.proj_steps)
+    timed("projection", step_projection, args.data, args.runs, segs, model, args.proj_steps)
     if args.package:
         model = step_package(args.data, args.runs, model, argv, timings)
     if args.evaluate:

@@ -285,7 +285,8 @@ def evaluate_mixtures(
 
     Returns:
         ``{"per_class": {cls: {"sdr", "sdri", "si_sdri", "n", "held_out"}}, "seen": {...}, "held_out": {...},
-        "mixtures": [per-mixture rows]}`` (means in dB).
+        "mixtures": [per-mixture rows]}``: dB; per class the mean over its mixtures, per group the mean over
+        classes (``sdr``, ``sdri``, ``si_sdri``) and the median over mixtures (``sdri_median``, ``si_sdri_median``).
     """
     if query_kind not in QUERY_KINDS:
         raise ValueError(f"unknown query kind {query_kind!r}; choose one of {QUERY_KINDS}")
@@ -322,9 +323,14 @@ def evaluate_mixtures(
         per_class[cls] = {k: _mean([r[k] for r in rs]) for k in ("sdr", "sdri", "si_sdri")}
         per_class[cls].update(n=len(rs), held_out=cls in held)
 
+    def _median(vals: Sequence[float]) -> float | None:
+        return float(torch.tensor(vals, dtype=torch.float64).quantile(0.5)) if vals else None
+
     def _group(flag: bool) -> dict[str, Any]:
         cs = [v for v in per_class.values() if v["held_out"] == flag]
-        return {**{k: _mean([c[k] for c in cs]) for k in ("sdr", "sdri", "si_sdri")}, "classes": len(cs)}
+        rs = [r for r in rows if r["held_out"] == flag]
+        return {**{k: _mean([c[k] for c in cs]) for k in ("sdr", "sdri", "si_sdri")},
+                **{f"{k}_median": _median([r[k] for r in rs]) for k in ("sdri", "si_sdri")}, "classes": len(cs)}
 
     return {"method": estimator.name, "query_kind": query_kind, "per_class": per_class, "seen": _group(False), "held_out": _group(True),
             "mixtures": rows}
