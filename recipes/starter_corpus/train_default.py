@@ -394,7 +394,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--package", action="store_true", help="copy the model to separator/pretrained/qsep-starter")
     ap.add_argument("--evaluate", action="store_true", help="run the evaluations into RUNS/eval")
     ap.add_argument("--summary", action="store_true", help="only print the table of RUNS/eval's numbers")
-    ap.add_argument("--stop-after", choices=["sed", "mine", "segments", "separator", "projection"], default=None)
+    ap.add_argument("--stop-after", choices=["sed", "mine", "segments", "ablations", "separator", "projection"], default=None)
     args = ap.parse_args(argv)
     if args.summary:
         print(summarize(args.runs))
@@ -423,6 +423,8 @@ def main(argv: list[str] | None = None) -> None:
         return
     for name, anchors, extra in ABLATIONS if args.ablations else ():
         timed(name, step_separator, args.runs, segs, det, args.ablation_steps, name, anchors, extra)
+    if args.stop_after == "ablations":
+        return
     model = timed("separator", step_separator, args.runs, segs, det, args.sep_steps)
     if args.stop_after == "separator":
         return
