@@ -192,9 +192,10 @@ def bank_class_anchors(
 ) -> dict[str, list[int]]:
     """Ontology classes each bank class stands for: ``{bank name: [ontology index, ...]}`` (empty list: none).
 
-    In order: ``extra`` (bank name -> MIDs), the shipped ``data/bank_class_ontology.json`` (the music-stem
-    classes, e.g. ``"Vocals, singing voice"`` -> ``Singing``), else the ontology class with the same display name
-    (case-insensitive, also with a final ``s`` added or removed).
+    ``extra`` (bank name -> MIDs) or, for names it lacks, the shipped ``data/bank_class_ontology.json`` (the
+    music-stem classes, e.g. ``"Vocals, singing voice"`` -> ``Singing``) give the anchors explicitly. Otherwise
+    the anchors are the ontology classes named like the bank class or like one of its comma-separated parts
+    (case-insensitive, also with a final ``s`` added or removed): ``"Canidae, dogs, wolves"`` -> Canidae and Dog.
 
     Raises:
         QueryError: a MID in ``extra`` or in the shipped map that the ontology does not have.
@@ -213,7 +214,12 @@ def bank_class_anchors(
                 idx.append(c.index)
             out[name] = idx
             continue
-        variants = [key] + ([key[:-1]] if key.endswith("s") else []) + [key + "s"]
-        hit = next((c for c in (ontology.by_name(v) for v in variants) if c is not None), None)
-        out[name] = [hit.index] if hit is not None else []
+        idx = []
+        for part in [name] + (name.split(",") if "," in name else []):
+            k = normalise_label(part)
+            variants = [k] + ([k[:-1]] if k.endswith("s") else []) + [k + "s"]
+            hit = next((c for c in (ontology.by_name(v) for v in variants) if c is not None), None)
+            if hit is not None and hit.index not in idx:
+                idx.append(hit.index)
+        out[name] = idx
     return out

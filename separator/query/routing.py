@@ -7,13 +7,15 @@ text projection is only the fallback for text that matches no class well.
 Scoring (all scores are cosine similarities of unit text embeddings, so in [-1, 1]; exact hits score 1):
 
 1. **Bank names.** If the bank's own name matcher (:class:`~separator.query.labels.NameMatcher`: class name,
-   name part, the bank's synonyms, ``audioset_synonyms.json``, plural) knows the query -- also after dropping
-   fillers such as ``"a"``, ``"the sound of"`` -- that class wins outright (weight 1).
+   name part, the bank's own synonyms, plural) knows the query -- also after dropping fillers such as ``"a"``,
+   ``"the sound of"`` -- that class wins outright (weight 1).
 2. **Ontology classes.** Each of the 632 classes has texts: its display name, each comma-separated part of it,
    the everyday phrasings that ``audioset_synonyms.json`` maps to it, and the first sentence of its description
    (weighted by ``description_weight``). A class scores the max over its texts of ``cos(query, text)``; a query
-   equal (normalised) to one of its names, parts or synonyms scores 1 (a synonym's later candidates
-   ``1 - synonym_step * rank``).
+   equal (normalised) to one of its names or parts scores 1. A synonym counts ``1 - synonym_step * rank`` for
+   the ``rank``-th (0-based) class it names, as an exact hit and as a text (``"vocals"`` names Singing, then
+   Speech). The AudioSet synonyms act only here, through the classes they name, so that ``"vocal"`` reaches the
+   bank's ``"Vocals, singing voice"`` (anchored at Singing) before its Speech.
 3. **Hierarchy.** A bank class stands for one or more ontology classes (its anchors: the same display name, or
    ``data/bank_class_ontology.json`` for names like ``"Vocals, singing voice"``). An ontology class ``q`` reaches
    a bank class through the hierarchy with the factor of :func:`~separator.query.ontology.hierarchy_factors`
@@ -21,9 +23,14 @@ Scoring (all scores are cosine similarities of unit text embeddings, so in [-1, 
    through a root): ``hier(b) = max_q score(q) * factor(q, b)``.
 4. **Bank texts.** ``direct(b)`` = max over the bank class's own name and name parts of ``cos(query, text)``
    (``"Canidae, dogs, wolves"`` is close to ``"dog barking"`` through ``"dogs"``).
-5. ``score(b) = max(hier(b), direct(b))``. If the best score is below ``threshold`` the query matches nothing
-   well (:attr:`RoutingResult.matched` is False). Else the ``top_k`` best classes get weights
-   ``softmax(score / temperature)``; weights below ``min_weight`` are dropped and the rest renormalised to 1.
+5. ``score(b) = max(hier(b), direct(b))``. The query matches nothing well (:attr:`RoutingResult.matched` is
+   False) if the best score is below ``threshold``, or if the ontology class the query matches best has no
+   relative in the bank within ``max_hops``, beats every class that has one by ``unrelated_margin`` or more and
+   the query does not contain a bank class's name as words (``"typing on a computer keyboard"`` is Computer
+   keyboard, 0.84, not a musical keyboard, 0.64; ``"car horn"`` is Vehicle horn, 1.0, not French horn, 0.76;
+   ``"thunderstorm"`` is Thunderstorm, 1.0, not Rain, 0.62; but ``"splashing water"`` names the bank's Water).
+   Else the ``top_k`` best classes scoring at least ``threshold`` get weights ``softmax(score / temperature)``;
+   weights below ``min_weight`` are dropped and the rest renormalised to 1.
 
 Defaults (:class:`RoutingConfig`) were set on MiniLM scores: unrelated pairs score ~0.1-0.45 against their best
 of ~2,500 texts, paraphrases 0.6-0.9. Another text encoder has another scale: check ``threshold`` for it.
@@ -83,22 +90,25 @@ class RoutingConfig:
         temperature: softmax temperature over class scores (cosine units); 0.05 gives a class 0.1 below the best
             about 1/7 of its weight.
         threshold: best class score below this = the query matches nothing well.
+        unrelated_margin: the query matches nothing well when its best ontology class, unrelated to every bank
+            class, scores this much more than the best bank class.
         up_decay: factor per hierarchy step from a class to its parent (the bank class is more general).
         down_decay: factor per step to a child (the bank class is a kind of the query's class).
         max_hops: longest hierarchy path.
         description_weight: multiplies the score of a class's description sentence.
-        synonym_step: a synonym's k-th candidate (0-based) scores ``1 - synonym_step * k`` on an exact hit.
+        synonym_step: a synonym counts ``1 - synonym_step * k`` for the k-th (0-based) class it names.
         min_weight: routed classes below this weight are dropped (the rest renormalised).
     """
 
     top_k: int = 3
     temperature: float = 0.05
     threshold: float = 0.55
+    unrelated_margin: float = 0.15
     up_decay: float = 0.85
     down_decay: float = 0.75
     max_hops: int = 3
     description_weight: float = 0.9
-    synonym_step: float = 0.02
+    synonym_step: float = 0.1
     min_weight: float = 0.01
 
     def __post_init__(self) -> None:
@@ -155,6 +165,8 @@ class RoutingResult:
         closest: when nothing matched: the closest bank classes with their scores, best first.
         nearest_ontology: when nothing matched: the AudioSet classes the query is closest to (what it probably
             names, absent from the bank and not related to a bank class closely enough).
+        unrelated: nothing matched because the query names an ontology class with no relative in the bank
+            (rather than because every score is low).
     """
 
     query: str
@@ -163,6 +175,7 @@ class RoutingResult:
     threshold: float
     closest: list[tuple[str, float]] = field(default_factory=list)
     nearest_ontology: list[tuple[str, float]] = field(default_factory=list)
+    unrelated: bool = False
 
     @property
     def matched(self) -> bool:
@@ -178,6 +191,12 @@ class RoutingResult:
         if not self.matched:
             near = ", ".join(f"{n} {s:.2f}" for n, s in self.closest[:3])
             onto = ", ".join(f"{n} {s:.2f}" for n, s in self.nearest_ontology[:2])
+            if self.unrelated and self.nearest_ontology:
+                name, score = self.nearest_ontology[0]
+                return (
+                    f"matches no class of the label bank well: it names the AudioSet class {name!r} ({score:.2f}), "
+                    f"which has no relative in the bank (closest bank classes: {near})"
+                )
             return (
                 f"matches no class of the label bank well (closest: {near}; threshold {self.threshold:.2f})"
                 + (f"; nearest AudioSet classes: {onto}" if onto else "")
@@ -195,6 +214,7 @@ class RoutingResult:
         if self.closest:
             d["closest"] = [[n, round(s, 4)] for n, s in self.closest]
             d["nearest_ontology"] = [[n, round(s, 4)] for n, s in self.nearest_ontology]
+            d["unrelated"] = self.unrelated
         return d
 
 
@@ -206,19 +226,21 @@ def _first_sentence(text: str, max_chars: int = 200) -> str:
     return s[:max_chars].strip()
 
 
-def _class_texts(ontology: Ontology, description_weight: float) -> list[list[tuple[str, str, float]]]:
+def _class_texts(
+    ontology: Ontology, description_weight: float, synonym_step: float = 0.0
+) -> list[list[tuple[str, str, float]]]:
     """Per ontology class: ``[(text, kind, weight), ...]`` with kind name / name part / synonym / description."""
-    syn_for: dict[str, list[str]] = {}
+    syn_for: dict[str, list[tuple[str, float]]] = {}
     for alias, candidates in builtin_synonyms().items():
-        for c in candidates:
-            syn_for.setdefault(normalise_label(c), []).append(alias)
+        for rank, c in enumerate(candidates):
+            syn_for.setdefault(normalise_label(c), []).append((alias, 1.0 - synonym_step * rank))
     out = []
     for c in ontology.classes:
         texts = [(c.name, "name", 1.0)]
         parts = c.name_parts
         if len(parts) > 1:
             texts += [(p, "name part", 1.0) for p in parts if normalise_label(p) not in _EMPTY_PARTS]
-        texts += [(a, "synonym", 1.0) for a in syn_for.get(normalise_label(c.name), [])]
+        texts += [(a, "synonym", w) for a, w in syn_for.get(normalise_label(c.name), [])]
         if c.description:
             texts.append((_first_sentence(c.description), "description", description_weight))
         out.append(texts)
@@ -397,7 +419,6 @@ class TextRouter:
         names: the bank's class names (row order of its centroids).
         encoder: text encoder (the one already loaded for text queries).
         synonyms: the bank's own aliases (alias -> class name).
-        use_builtin_synonyms: use ``audioset_synonyms.json`` in the bank's name matcher.
         ontology: default: the shipped AudioSet ontology.
         anchors: extra bank class name -> ontology MIDs (on top of ``data/bank_class_ontology.json``).
         config: scoring parameters.
@@ -409,7 +430,6 @@ class TextRouter:
         names: Sequence[str],
         encoder: TextEncoder,
         synonyms: Mapping[str, str] | None = None,
-        use_builtin_synonyms: bool = True,
         ontology: Ontology | None = None,
         anchors: Mapping[str, Sequence[str]] | None = None,
         config: RoutingConfig | None = None,
@@ -421,26 +441,31 @@ class TextRouter:
         self.encoder = encoder
         self.config = cfg = config or RoutingConfig()
         self.ontology = onto = ontology or default_ontology()
-        self.matcher = NameMatcher(self.names, synonyms, use_builtin_synonyms)
+        # AudioSet synonyms act through the ontology (step 2), not in this outright match
+        self.matcher = NameMatcher(self.names, synonyms, use_builtin_synonyms=False)
 
         # texts: ontology classes, then the bank classes' own names and parts
-        texts: list[str] = []
-        owner: list[int] = []  # ontology index, or len(onto) + bank index
-        kinds: list[str] = []
-        weights: list[float] = []
-        for ci, rows in enumerate(_class_texts(onto, cfg.description_weight)):
-            for t, kind, w in rows:
-                texts.append(t), owner.append(ci), kinds.append(kind), weights.append(w)
+        rows: list[tuple[str, int, str, float]] = []  # (text, owner, kind, weight); owner: ontology index or n_onto + bank index
+        for ci, class_texts in enumerate(_class_texts(onto, cfg.description_weight, cfg.synonym_step)):
+            rows += [(t, ci, kind, w) for t, kind, w in class_texts]
         for bi, n in enumerate(self.names):
             parts = [p.strip() for p in n.split(",") if p.strip() and normalise_label(p) not in _EMPTY_PARTS]
-            for t in dict.fromkeys([n] + (parts if len(parts) > 1 else []) + [a for a, b in (synonyms or {}).items() if b == n]):
-                texts.append(t), owner.append(len(onto) + bi), kinds.append("bank text"), weights.append(1.0)
+            own = [a for a, b in (synonyms or {}).items() if b == n]
+            rows += [(t, len(onto) + bi, "bank text", 1.0) for t in dict.fromkeys([n] + (parts if len(parts) > 1 else []) + own)]
+        texts, owner, kinds, weights = (list(col) for col in zip(*rows))
         self.store = TextEmbeddingStore(encoder, cache_dir=cache_dir)
         self._texts, self._kinds = texts, kinds
         self._emb = self.store.get(texts)  # (n_texts, dim)
         self._owner = torch.tensor(owner)  # (n_texts,)
         self._weight = torch.tensor(weights)  # (n_texts,)
 
+        # the bank's names and name parts as words ("water", "walk", "footsteps"), to see a query mention them
+        self._bank_word_keys = set()
+        for n in self.names:
+            for p in [n] + n.split(","):
+                key = " ".join(re.findall(r"[a-z0-9]+", normalise_label(p)))
+                if key and key not in _EMPTY_PARTS:
+                    self._bank_word_keys.update([key] + _plural_variants(key))
         # exact keys of ontology classes: key -> [(class index, score, how)]
         self._exact: dict[str, list[tuple[int, float, str]]] = {}
         for c in onto.classes:
@@ -466,7 +491,7 @@ class TextRouter:
     @classmethod
     def from_bank(cls, bank: LabelBank, encoder: TextEncoder, **kwargs: Any) -> "TextRouter":
         """Router over the classes of ``bank`` (its names and synonyms)."""
-        return cls(bank.names, encoder, synonyms=bank.config.synonyms, use_builtin_synonyms=bank.config.use_builtin_synonyms, **kwargs)
+        return cls(bank.names, encoder, synonyms=bank.config.synonyms, **kwargs)
 
     def _bank_exact(self, query: str) -> RoutingResult | None:
         for key in query_keys(query):
@@ -487,13 +512,14 @@ class TextRouter:
         ontology index or -1 for the bank's own texts, node_scores (n_onto,), hops (n_bank,))``."""
         n_onto = len(self.ontology)
         q = self.encoder.encode([query])[0]  # (dim,)
-        sims = (self._emb @ q) * self._weight  # (n_texts,)
+        raw = self._emb @ q  # (n_texts,) cosine similarities
+        sims = raw * self._weight  # (n_texts,)
         best = torch.full((n_onto + len(self.names),), -1.0).scatter_reduce(0, self._owner, sims, reduce="amax")
         # which text gave each owner its score (first text reaching the max)
         arg = torch.full_like(best, -1, dtype=torch.long)
         for i in torch.nonzero(sims >= best[self._owner] - 1e-7).flatten().tolist()[::-1]:
             arg[self._owner[i]] = i
-        node_how = [self._text_how(i, float(sims[i])) if i >= 0 else "" for i in arg[:n_onto].tolist()]
+        node_how = [self._text_how(i, float(raw[i])) if i >= 0 else "" for i in arg[:n_onto].tolist()]
         node = best[:n_onto].clone()  # (n_onto,)
         for key in query_keys(query):
             for k in [key] + _plural_variants(key):
@@ -512,10 +538,24 @@ class TextRouter:
                 bank_how.append(node_how[int(via[bi])])
             else:
                 i = int(arg[n_onto + bi])
-                bank_how.append(self._text_how(i, float(sims[i])) if i >= 0 else "")
+                bank_how.append(self._text_how(i, float(raw[i])) if i >= 0 else "")
         via = torch.where(use_hier, via, torch.full_like(via, -1))
         hops = torch.where(use_hier, self._hops[via.clamp(min=0), torch.arange(len(self.names))], torch.zeros_like(via))
         return score, direct, bank_how, via, node, hops
+
+    def _names_unrelated_class(self, query: str, node: torch.Tensor, direct_best: float) -> bool:
+        """True if the query's best ontology class has no relative in the bank and beats every class that has one
+        (and the bank's own names) by ``unrelated_margin``, and the query does not name a bank class as words of it
+        (``"splashing water"`` names Water, though its best ontology class Splash, splatter is unrelated to Water)."""
+        related = self._factor.any(dim=1)  # (n_onto,)
+        if bool(related.all()):
+            return False
+        unrelated_best = float(node[~related].max())
+        related_best = max(float(node[related].max()) if bool(related.any()) else -1.0, direct_best)
+        if unrelated_best - related_best < self.config.unrelated_margin:
+            return False
+        words = f" {' '.join(re.findall(r'[a-z0-9]+', normalise_label(query)))} "
+        return not any(f" {k} " in words for k in self._bank_word_keys)
 
     def route(self, query: str) -> RoutingResult:
         """Bank classes and weights for a text query (see the module docstring)."""
@@ -527,12 +567,13 @@ class TextRouter:
         cfg = self.config
         score, direct, bank_how, via, node, hops = self.scores(query.strip())
         best = float(score.max())
-        if best < cfg.threshold:
+        unrelated = self._names_unrelated_class(query, node, float(direct.max()))
+        if best < cfg.threshold or unrelated:
             top_bank = score.topk(min(3, len(self.names)))
-            top_node = node.topk(3)
+            top_nodes = node.topk(3)
             closest = [(self.names[i], float(s)) for s, i in zip(top_bank.values, top_bank.indices)]
-            onto = [(self.ontology.classes[i].name, float(s)) for s, i in zip(top_node.values, top_node.indices)]
-            return RoutingResult(query, [], best, cfg.threshold, closest, onto)
+            onto = [(self.ontology.classes[i].name, float(s)) for s, i in zip(top_nodes.values, top_nodes.indices)]
+            return RoutingResult(query, [], best, cfg.threshold, closest, onto, unrelated=unrelated)
         # best first; equal scores (e.g. siblings reached through the same parent) ordered by the classes' own text
         order = sorted(range(len(self.names)), key=lambda b: (-float(score[b]), -float(direct[b]), b))
         top = [b for b in order[: cfg.top_k] if float(score[b]) >= cfg.threshold]
@@ -542,7 +583,8 @@ class TextRouter:
         classes = []
         for wi, bi in zip(w.tolist(), [top[i] for i in keep]):
             v, name = int(via[bi]), self.names[bi]
-            classes.append(RoutedClass(name, wi, float(score[bi]), self.ontology.classes[v].name if v >= 0 else name, bank_how[bi], int(hops[bi])))
+            via_name = self.ontology.classes[v].name if v >= 0 else name
+            classes.append(RoutedClass(name, wi, float(score[bi]), via_name, bank_how[bi], int(hops[bi])))
         return RoutingResult(query, classes, best, cfg.threshold)
 
 

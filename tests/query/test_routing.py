@@ -89,7 +89,8 @@ def test_synonym_targets_and_bank_map_name_real_ontology_classes():
         assert [onto.by_mid(m).name for m in entry["mids"]] == entry["names"], bank_name
     anchors = bank_class_anchors(STARTER_NAMES, onto)
     assert [onto.classes[i].name for i in anchors[VOCALS]] == ["Singing"]
-    assert [onto.classes[i].name for i in anchors[DRUMS]] == ["Drum kit"]
+    assert [onto.classes[i].name for i in anchors[DRUMS]] == ["Drum kit", "Drum"]
+    assert [onto.classes[i].name for i in anchors["Canidae, dogs, wolves"]] == ["Canidae, dogs, wolves", "Dog"]  # a name part
     assert [onto.classes[i].name for i in anchors["Walk, footsteps"]] == ["Walk, footsteps"]
     assert all(anchors[n] for n in STARTER_NAMES)  # every starter class has a place in the hierarchy
     assert bank_class_anchors(["Whatever sound"], onto) == {"Whatever sound": []}
@@ -134,7 +135,9 @@ def test_query_keys_drop_fillers():
 @pytest.mark.parametrize(
     "query,expected",
     [
-        ("dog barking", "Canidae, dogs, wolves"),  # synonym -> Bark / Dog -> shared child Howl -> Canidae
+        ("dog barking", "Canidae, dogs, wolves"),  # synonym of Bark, Dog; Dog is the bank class's part "dogs"
+        ("wolf howling", "Canidae, dogs, wolves"),
+        ("vocal", VOCALS),  # the AudioSet synonym names Singing first, then Speech
         ("a dog", "Canidae, dogs, wolves"),
         ("vocals", VOCALS),
         ("singing", VOCALS),  # ontology Singing = the vocal stem's anchor
@@ -165,13 +168,14 @@ def test_known_names_and_synonyms_route_to_the_right_class(starter_router, query
 
 
 def test_how_a_class_was_reached_is_recorded(starter_router):
-    bark = starter_router.route("dog barking").classes[0]
-    assert (bark.via, bark.hops) == ("Dog", 2) and "synonym 'dog barking'" in bark.how
+    bark = starter_router.route("dog barking").classes[0]  # a synonym of Bark, then of Dog (the bank class's part "dogs")
+    assert (bark.via, bark.hops, bark.how) == ("Dog", 0, "synonym 'dog barking'")
     heli = starter_router.route("helicopter").classes[0]
     assert (heli.via, heli.hops, heli.how) == ("Helicopter", 2, "exact name")
     vocals = starter_router.route("vocals").classes[0]
     assert (vocals.how, vocals.weight, vocals.score) == ("bank name part", 1.0, 1.0)
-    assert "via Dog, 2 hops" in bark.explain()
+    assert bark.explain() == "Canidae, dogs, wolves 1.00 (score 0.90: synonym 'dog barking' via Dog)"
+    assert "via Helicopter, 2 hops" in heli.explain()
 
 
 def test_held_out_goat_goes_to_its_relatives_sheep_first(starter_router):
@@ -199,6 +203,24 @@ def test_nonsense_matches_nothing_and_says_what_is_closest(starter_router):
         assert r.best_score < starter_router.config.threshold
         assert "matches no class of the label bank well" in r.summary() and len(r.closest) == 3
         assert r.describe()["matched"] is False
+
+
+@pytest.mark.parametrize(
+    "query,named",
+    [("typing on a computer keyboard", "Computer keyboard"), ("car horn", "Vehicle horn, car horn, honking"),
+     ("cough", "Cough"), ("thunder", "Thunder")],
+)
+def test_a_query_naming_a_class_unrelated_to_the_bank_matches_nothing(starter_router, query, named):
+    r = starter_router.route(query)
+    assert not r.matched and r.unrelated and r.nearest_ontology[0][0] == named
+    assert f"it names the AudioSet class {named!r}" in r.summary()
+
+
+def test_a_query_that_names_a_bank_class_is_not_unrelated(starter_router):
+    # the best ontology class (Splash, splatter; Drip) has no relative in the bank, but the query says "water"
+    for q in ("splashing water", "water dripping"):
+        r = starter_router.route(q)
+        assert r.matched and r.classes[0].name == "Water", r.summary()
 
 
 def test_routing_parameters(minilm):
@@ -367,7 +389,7 @@ def test_cli_embed_reports_the_routing(tmp_path):
     r = runner.invoke(app, ["embed", "--model", str(MODEL_DIR), "--text", "dog barking", "--out", str(tmp_path / "d.safetensors"), "--verbose"])
     assert r.exit_code == 0, r.output
     out = " ".join(r.output.split())
-    assert "+ text 'dog barking' (weight 1) -> Canidae, dogs, wolves 1.00" in out and "via Dog, 2 hops" in out
+    assert "+ text 'dog barking' (weight 1) -> Canidae, dogs, wolves 1.00" in out and "synonym 'dog barking' via Dog" in out
     r = runner.invoke(app, ["embed", "--model", str(MODEL_DIR), "--text", "xqzv blorf", "--out", str(tmp_path / "x.safetensors")])
     assert r.exit_code == 0, r.output  # the shipped model has a text projection to fall back on, and says so
     assert "matches no class of the label bank well" in " ".join(r.output.split())
