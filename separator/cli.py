@@ -59,9 +59,9 @@ def _root(
 @app.command()
 def separate(
     inputs: list[str] = typer.Argument(..., help="Audio files, folders (searched recursively) or glob patterns.", show_default=False),
-    text: list[str] = typer.Option([], "--text", "-t", help="Text query, e.g. 'dog barking'. Repeat for several queries (one output each)."),
+    text: list[str] = typer.Option([], "--text", "-t", help="Text query, e.g. 'dog barking': routed to the label bank's classes (AudioSet ontology), else the text projection. Repeat for several queries (one output each)."),
     query_audio: list[Path] = typer.Option([], "--query-audio", "-a", help="Example recording of the target. All given files form ONE audio query (their embeddings are averaged)."),
-    label: list[str] = typer.Option([], "--label", "-l", help="Class label (from the model's label bank; unknown labels fall back to text). Repeatable."),
+    label: list[str] = typer.Option([], "--label", "-l", help="Class label (from the model's label bank; unknown labels are routed like text). Repeatable."),
     negative: list[str] = typer.Option([], "--not", help="Text of what NOT to separate, applied to every query. Repeatable."),
     embedding: list[Path] = typer.Option([], "--embedding", "-e", help="Saved condition from `qsep embed` (no encoder is loaded). Repeatable."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Model folder, name in the model search path, or owner/repo on the HF Hub. Default: the shipped model."),
@@ -78,7 +78,7 @@ def separate(
     jobs: int = typer.Option(1, "--jobs", "-j", help="Files separated in parallel."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs (default: refuse)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or summary (errors are still printed)."),
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Say how each query was encoded (segments used, label matches)."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Say how each query was encoded (the classes a text became with their weights, label matches, segments used)."),
 ) -> None:
     """Separate the queried sound from audio files; writes the target and the residual for each (file, query)."""
     from separator.batch import SeparationJob, plan_queries, run_jobs
@@ -253,7 +253,7 @@ def embed(
     model: str = typer.Option(None, "--model", "-m", help="Model folder whose encoders make the condition (not needed to combine --embedding files)."),
     text: list[str] = typer.Option(None, "--text", "-t", help="Text query (repeatable)."),
     audio: list[str] = typer.Option(None, "--audio", "-a", help="Example recording (repeatable; the files are averaged as ONE example set)."),
-    label: list[str] = typer.Option(None, "--label", "-l", help="Class label from the model's label bank (repeatable; unknown labels fall back to text)."),
+    label: list[str] = typer.Option(None, "--label", "-l", help="Class label from the model's label bank (repeatable; unknown labels are routed like text)."),
     embedding: list[str] = typer.Option(None, "--embedding", "-e", help="Saved condition to combine (repeatable)."),
     weight: list[float] = typer.Option(None, "--weight", "-w", help="One weight per positive item, in the order: texts, the audio set, labels, embeddings."),
     negative: list[str] = typer.Option(None, "--not", help="Text of a sound NOT to separate (repeatable)."),
@@ -261,12 +261,12 @@ def embed(
     negative_label: list[str] = typer.Option(None, "--not-label", help="Label of a sound NOT to separate (repeatable)."),
     negative_strength: float = typer.Option(None, "--negative-strength", help="How strongly negatives are removed (beta, default 0.25; 1 wrecked separation in tests, keep it small)."),
     negative_method: str = typer.Option("subtract", "--negative-method", help="subtract or reject (see docs)."),
-    text_encoder: str = typer.Option(None, "--text-encoder", help="Override the text encoder spec the model's projection was trained with."),
+    text_encoder: str = typer.Option(None, "--text-encoder", help="Override the text encoder (default: the one the model's projection was trained with; MiniLM for routing)."),
     relative_db: float = typer.Option(None, "--relative-db", help="Audio queries: drop segments more than this many dB below the file's loudest segment (default 40)."),
     floor_dbfs: float = typer.Option(None, "--floor-dbfs", help="Audio queries: drop segments at or below this RMS level in dBFS (default -80)."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out file."),
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Report how each part was encoded (audio segments used, label matches)."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Report how each part was encoded (the classes a text became with their weights, label matches, audio segments used)."),
 ) -> None:
     """Encode a query (text, audio files, label, saved conditions) into a condition vector file.
 

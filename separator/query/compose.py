@@ -3,12 +3,16 @@
 A :class:`Query` holds positive items (what to separate) and negative items
 (what not to). Each item becomes a vector in the detector's latent space:
 
-* ``text``: text encoder -> :class:`~separator.query.text.TextProjection`;
+* ``text``: routed to the classes of the model's label bank through the AudioSet
+  ontology (:mod:`separator.query.routing`): the weighted sum of their centroids,
+  at the norm of training latents (:meth:`~separator.query.labels.LabelBank.mix`).
+  Text that matches no class well (or a model without a bank) goes through the
+  learned :class:`~separator.query.text.TextProjection` instead, and ``notes`` say so;
 * ``audio``: one or more files -> :class:`~separator.query.audio.AudioQueryEncoder`
   (segment means per file, then the mean over files);
-* ``label``: :class:`~separator.query.labels.LabelBank` centroid; an unknown
-  label (or a model without a bank) falls back to the text path, and the result
-  says so in ``notes``;
+* ``label``: the bank class the label names (:meth:`LabelBank.mix` of that one
+  class); a label the bank does not know is routed like text, then falls back to
+  the projection; ``notes`` say which;
 * ``embedding``: a condition file written by :func:`save_embedding`.
 
 Positives combine as a weighted mean ``c_pos = sum(w_i v_i) / sum(w_i)``
@@ -46,7 +50,8 @@ from .audio import AudioQueryEncoder, AudioQueryResult
 from .embedding import check_embedding_dim, load_embedding
 from .errors import QueryError
 from .labels import LabelBank, LabelMatch
-from .text import TextEncoder, TextProjection, load_text_encoder
+from .routing import RoutingConfig, RoutingResult, TextRouter
+from .text import DEFAULT_TEXT_ENCODER, TextEncoder, TextProjection, load_text_encoder
 
 __all__ = [
     "QUERY_KINDS",
@@ -199,15 +204,45 @@ class Query:
         return name
 
 
+#: how a query item became a vector (PartResult.source)
+SOURCES = (
+    "text -> classes",  # routed to label-bank classes
+    "text -> projection",  # learned text projection (no bank, or no class matched well)
+    "audio",
+    "label",  # a class of the bank, by name / synonym
+    "label -> classes",  # a label the bank does not know, routed like text
+    "label -> projection",  # ... that matched no class well either
+    "embedding",
+)
+
+
 @dataclass
 class PartResult:
-    """How one query item became a vector."""
+    """How one query item became a vector.
+
+    Attributes:
+        vector: ``(latent_dim,)``.
+        source: one of :data:`SOURCES`.
+        audio: segments used (audio queries).
+        match: the bank's name lookup (label queries).
+        routing: the bank classes and weights a text (or unknown label) became, or why none (see
+            :class:`~separator.query.routing.RoutingResult`); None when no routing was tried (no label bank).
+    """
 
     item: QueryItem
     vector: torch.Tensor  # (latent_dim,)
-    source: str  # "text", "audio", "label", "label -> text fallback", "embedding"
+    source: str
     audio: AudioQueryResult | None = None
     match: LabelMatch | None = None
+    routing: RoutingResult | None = None
+
+    def report_line(self, side: str = "+") -> str:
+        """``+ text 'dog barking' (weight 1) -> Canidae, dogs, wolves 1.00`` (one line)."""
+        head = f"{side} {self.item.kind} {self.item.value!r} (weight {self.item.weight:g})"
+        if self.routing is not None and self.routing.matched:
+            return f"{head} -> {self.routing.summary()}"
+        extra = f" -> {self.match.name} ({self.match.how})" if self.match and self.match.name else ""
+        return f"{head} via {self.source}{extra}"
 
 
 @dataclass
@@ -227,19 +262,31 @@ class ConditionResult:
     notes: list[str] = field(default_factory=list)
 
     def describe(self) -> dict[str, Any]:
+        """What was asked, how each part was encoded, the routing of text parts, and the notes (JSON-friendly)."""
         d = self.query.describe()
         d["sources"] = [p.source for p in self.positives] + [f"negative {p.source}" for p in self.negatives]
+        routes = [
+            {"side": side, "kind": p.item.kind, **p.routing.describe()}
+            for side, parts in (("positive", self.positives), ("negative", self.negatives))
+            for p in parts
+            if p.routing is not None
+        ]
+        if routes:
+            d["routing"] = routes
         if self.notes:
             d["notes"] = list(self.notes)
         return d
 
     def report_lines(self, verbose: bool = False) -> list[str]:
+        """Notes (always), and with ``verbose`` one line per part: the classes a text became with their weights,
+        how each class matched, the audio segments used."""
         lines = list(self.notes)
         if verbose:
             for side, parts in (("+", self.positives), ("-", self.negatives)):
                 for p in parts:
-                    extra = f" -> {p.match.name} ({p.match.how})" if p.match and p.match.name else ""
-                    lines.append(f"{side} {p.item.kind} {p.item.value!r} (weight {p.item.weight:g}) via {p.source}{extra}")
+                    lines.append(p.report_line(side))
+                    if p.routing is not None and p.routing.matched:
+                        lines += ["    " + c.explain() for c in p.routing.classes]
                     if p.audio is not None:
                         lines += ["    " + s for s in p.audio.report_lines()]
         return lines
@@ -295,6 +342,8 @@ class QueryEncoder:
             ``global_mean``, else zeros.
         model_info: facts about the model, recorded in saved conditions.
         device: device for the text encoder and projection.
+        routing: parameters of text -> class routing (:class:`~separator.query.routing.RoutingConfig`).
+        routing_cache: user cache folder for the routing's class-text embeddings (None: default; False: none).
     """
 
     def __init__(
@@ -306,6 +355,8 @@ class QueryEncoder:
         origin: torch.Tensor | None = None,
         model_info: dict[str, Any] | None = None,
         device: str | torch.device = "cpu",
+        routing: RoutingConfig | None = None,
+        routing_cache: str | os.PathLike | None | bool = None,
     ) -> None:
         self._audio = audio
         self._text_encoder = text_encoder
@@ -317,6 +368,9 @@ class QueryEncoder:
         self._folder: Any = None
         self._audio_kwargs: dict[str, Any] = {}
         self._text_encoder_spec: str | None = None
+        self.routing_config = routing or RoutingConfig()
+        self._routing_cache = routing_cache
+        self._router: TextRouter | None = None
 
     # ------------------------------------------------------------ construction from a model folder
     @classmethod
@@ -381,19 +435,32 @@ class QueryEncoder:
 
     @property
     def text_encoder(self) -> TextEncoder:
+        """The text encoder: the override, else the one the projection was trained on, else (routing to a label
+        bank only) the default MiniLM."""
         if self._text_encoder is None:
             proj = self.projection
             spec = self._text_encoder_spec or (proj.config.text_encoder if proj is not None else None)
+            if spec is None and self.label_bank is not None:
+                spec = DEFAULT_TEXT_ENCODER
             if spec is None:
                 raise QueryError(self._no_text_message())
             self._text_encoder = load_text_encoder(spec, device=self.device)
         return self._text_encoder
 
+    @property
+    def router(self) -> TextRouter | None:
+        """Text -> label-bank classes (None without a label bank); built on the first text query."""
+        if self._router is None and self.label_bank is not None:
+            self._router = TextRouter.from_bank(
+                self.label_bank, self.text_encoder, config=self.routing_config, cache_dir=self._routing_cache
+            )
+        return self._router
+
     def _no_text_message(self) -> str:
         where = f"the model {self._folder.path}" if self._folder is not None else "this query encoder"
         return (
-            f"{where} has no text projection, so text queries cannot be used; train one with "
-            "`qsep train text-projection --config ... --model DIR`, or query with --audio / --label / --embedding"
+            f"{where} has no label bank and no text projection, so text queries cannot be used; train a projection "
+            "with `qsep train text-projection --config ... --model DIR`, or query with --audio / --label / --embedding"
         )
 
     @property
@@ -419,16 +486,56 @@ class QueryEncoder:
         return torch.zeros(dim)
 
     # ------------------------------------------------------------ encoding
+    def route(self, text: str) -> RoutingResult | None:
+        """The label-bank classes ``text`` is routed to (None: the model has no label bank)."""
+        router = self.router
+        return router.route(text) if router is not None else None
+
     def encode_text(self, texts: Sequence[str]) -> torch.Tensor:
-        """Conditions for texts ``(len(texts), latent_dim)``."""
+        """Conditions for texts ``(len(texts), latent_dim)``, encoded as text query items are (routing, else the
+        projection)."""
+        notes: list[str] = []
+        return torch.stack([self._encode_text_item(QueryItem("text", t), notes).vector for t in texts])
+
+    def _projection_vector(self, text: str) -> torch.Tensor:
         proj = self.projection
         if proj is None:
             raise QueryError(self._no_text_message())
-        return proj.encode_texts(self.text_encoder, texts)
+        return proj.encode_texts(self.text_encoder, [text])[0]
+
+    def _encode_text_item(self, item: QueryItem, notes: list[str], match: LabelMatch | None = None) -> PartResult:
+        """A text item, or a label the bank does not know (``match`` given): routed, else the projection."""
+        what = "label" if match is not None else "text"
+        bank = self.label_bank
+        if bank is None:
+            if self.projection is None:
+                if match is not None:
+                    raise QueryError(
+                        f"label {item.value!r} cannot be looked up (the model has no label bank), "
+                        "and the model has no text projection to fall back on"
+                    )
+                raise QueryError(self._no_text_message())
+            if match is not None:
+                notes.append(f"label {item.value!r} cannot be looked up (no label bank in the model); using it as a text query")
+            return PartResult(item, self._projection_vector(item.value), f"{what} -> projection", match=match)
+        routing = self.route(item.value)
+        if routing.matched:
+            if match is not None:
+                notes.append(f"label {item.value!r} is not in the label bank; routed as text to {routing.summary()}")
+            return PartResult(item, bank.mix(routing.weights), f"{what} -> classes", match=match, routing=routing)
+        head = f"{what} {item.value!r}" + (" is not in the label bank and" if match is not None else "")
+        if self.projection is None:
+            sugg = bank.suggestions(item.value) or [n for n, _ in routing.closest]
+            raise QueryError(
+                f"{head} {routing.summary()}, and the model has no text projection to fall back on; "
+                f"similar labels: {sugg}; the bank has {len(bank.names)} classes: {bank.names}"
+            )
+        notes.append(f"{head} {routing.summary()}; using the learned text projection instead (much less reliable)")
+        return PartResult(item, self._projection_vector(item.value), f"{what} -> projection", match=match, routing=routing)
 
     def _encode_item(self, item: QueryItem, notes: list[str]) -> PartResult:
         if item.kind == "text":
-            return PartResult(item, self.encode_text([item.value])[0], "text")
+            return self._encode_text_item(item, notes)
         if item.kind == "audio":
             audio = self.audio
             if audio is None:
@@ -442,17 +549,8 @@ class QueryEncoder:
         bank = self.label_bank
         match = bank.match(item.value) if bank is not None else LabelMatch(item.value, None, "unknown")
         if match.name is not None:
-            return PartResult(item, bank.vector(match.name), "label", match=match)
-        if self.projection is None:
-            hint = ""
-            if bank is not None:
-                sugg = bank.suggestions(item.value)
-                hint = f"; similar labels: {sugg}" if sugg else f"; the bank has {len(bank.names)} labels"
-            what = "is not in the label bank" if bank is not None else "cannot be looked up (the model has no label bank)"
-            raise QueryError(f"label {item.value!r} {what}, and the model has no text projection to fall back on{hint}")
-        reason = "is not in the label bank" if bank is not None else "cannot be looked up (no label bank in the model)"
-        notes.append(f"label {item.value!r} {reason}; using it as a text query instead")
-        return PartResult(item, self.encode_text([item.value])[0], "label -> text fallback", match=match)
+            return PartResult(item, bank.mix({match.name: 1.0}), "label", match=match)
+        return self._encode_text_item(item, notes, match=match)
 
     def encode(self, query: Query) -> ConditionResult:
         """The condition of ``query`` and a record of how it was made."""

@@ -11,8 +11,12 @@ and repeated spaces. A query matches, in this order of preference:
    ``Bark``, else ``Dog``), only for candidates present in the bank;
 5. the same with a final ``s`` removed or added (``"dogs"`` -> ``Dog``).
 
-An unknown name returns ``None``; the query composer then falls back to the
-text path and says so.
+An unknown name returns ``None``; the query composer then routes it as text
+through the AudioSet ontology (:mod:`separator.query.routing`) and says so.
+
+:class:`NameMatcher` holds these rules for any list of names (the bank uses
+one; so does the text router). :meth:`LabelBank.mix` turns class weights into a
+condition at the norm of the latents the separator was trained on.
 """
 from __future__ import annotations
 
@@ -34,6 +38,7 @@ __all__ = [
     "LabelBankConfig",
     "LabelBank",
     "LabelMatch",
+    "NameMatcher",
     "normalise_label",
     "builtin_synonyms",
     "build_label_bank",
@@ -66,6 +71,9 @@ class LabelBankConfig:
         synonyms: extra alias -> class name.
         counts: segments averaged per class (information only).
         use_builtin_synonyms: also use the AudioSet everyday phrasings shipped with qsep.
+        latent_norm: mean L2 norm of the single-segment latents the bank was built from (the scale of the
+            conditions the separator was trained with); conditions mixed from centroids are rescaled to it.
+            None (banks saved before this field existed): the mean norm of the centroids is used instead.
     """
 
     names: tuple[str, ...]
@@ -73,6 +81,7 @@ class LabelBankConfig:
     synonyms: dict[str, str] = field(default_factory=dict)
     counts: tuple[int, ...] = ()
     use_builtin_synonyms: bool = True
+    latent_norm: float | None = None
 
 
 @dataclass
@@ -82,6 +91,61 @@ class LabelMatch:
     query: str
     name: str | None
     how: str  # "name", "name part", "synonym", "builtin synonym", "plural", "unknown"
+
+
+class NameMatcher:
+    """Finds which of ``names`` a label query means (the rules of the module docstring).
+
+    Args:
+        names: class names (display names, e.g. AudioSet's ``"Male speech, man speaking"``).
+        synonyms: extra alias -> class name (each target must be one of ``names``; else :class:`QueryError`).
+        use_builtin_synonyms: also use ``audioset_synonyms.json`` (only candidates present in ``names``).
+    """
+
+    def __init__(self, names: Sequence[str], synonyms: Mapping[str, str] | None = None, use_builtin_synonyms: bool = True):
+        self.names = list(names)
+        exact = {normalise_label(n): n for n in self.names}
+        parts: dict[str, str] = {}
+        for n in self.names:
+            for p in n.split(","):
+                parts.setdefault(normalise_label(p), n)
+        own: dict[str, str] = {}
+        for alias, target in (synonyms or {}).items():
+            if target not in exact.values():
+                raise QueryError(f"label bank synonym {alias!r} points to {target!r}, which is not a class of the bank")
+            own[normalise_label(alias)] = target
+        builtin: dict[str, str] = {}
+        if use_builtin_synonyms:
+            present = set(self.names)
+            for alias, candidates in builtin_synonyms().items():
+                for c in candidates:
+                    if c in present:
+                        builtin[alias] = c
+                        break
+        #: lookup tables in order of preference: (how, key -> class name)
+        self.tables: list[tuple[str, dict[str, str]]] = [
+            ("name", exact), ("name part", parts), ("synonym", own), ("builtin synonym", builtin)
+        ]
+
+    def match(self, query: str) -> LabelMatch:
+        """Find the class ``query`` names, or ``LabelMatch(query, None, "unknown")``."""
+        key = normalise_label(query)
+        for how, table in self.tables:
+            if key in table:
+                return LabelMatch(query, table[key], how)
+        variants = [key[:-1]] if key.endswith("s") else []
+        variants.append(key + "s")
+        for v in variants:
+            for _, table in self.tables:
+                if v in table:
+                    return LabelMatch(query, table[v], "plural")
+        return LabelMatch(query, None, "unknown")
+
+    def suggestions(self, query: str, n: int = 5) -> list[str]:
+        """Class names that share a word with ``query`` (for an 'unknown label' message)."""
+        words = set(normalise_label(query).split())
+        scored = [(len(words & set(normalise_label(c).replace(",", " ").split())), c) for c in self.names]
+        return [c for s, c in sorted(scored, key=lambda x: -x[0]) if s > 0][:n]
 
 
 class LabelBank(nn.Module):
@@ -99,33 +163,13 @@ class LabelBank(nn.Module):
         if len(set(names)) != len(names):
             dup = sorted({n for n in names if names.count(n) > 1})
             raise QueryError(f"duplicate class names in label bank: {dup}")
+        if config.latent_norm is not None and not config.latent_norm > 0:
+            raise QueryError(f"label bank latent_norm must be > 0 (or None), got {config.latent_norm}")
         self.config = config
         self.names = names
         self.register_buffer("centroids", torch.zeros(len(names), config.latent_dim))
         self.register_buffer("global_mean", torch.zeros(config.latent_dim))
-        self._index = self._build_index()
-
-    def _build_index(self) -> list[tuple[str, dict[str, str]]]:
-        """Lookup tables in order of preference: (how, key -> class name)."""
-        exact = {normalise_label(n): n for n in self.names}
-        parts: dict[str, str] = {}
-        for n in self.names:
-            for p in n.split(","):
-                parts.setdefault(normalise_label(p), n)
-        own: dict[str, str] = {}
-        for alias, target in self.config.synonyms.items():
-            if target not in exact.values():
-                raise QueryError(f"label bank synonym {alias!r} points to {target!r}, which is not a class of the bank")
-            own[normalise_label(alias)] = target
-        builtin: dict[str, str] = {}
-        if self.config.use_builtin_synonyms:
-            present = set(self.names)
-            for alias, candidates in builtin_synonyms().items():
-                for c in candidates:
-                    if c in present:
-                        builtin[alias] = c
-                        break
-        return [("name", exact), ("name part", parts), ("synonym", own), ("builtin synonym", builtin)]
+        self.matcher = NameMatcher(names, config.synonyms, config.use_builtin_synonyms)
 
     @property
     def latent_dim(self) -> int:
@@ -133,17 +177,7 @@ class LabelBank(nn.Module):
 
     def match(self, query: str) -> LabelMatch:
         """Find the class a label query names (see the module docstring for the rules)."""
-        key = normalise_label(query)
-        for how, table in self._index:
-            if key in table:
-                return LabelMatch(query, table[key], how)
-        variants = [key[:-1]] if key.endswith("s") else []
-        variants.append(key + "s")
-        for v in variants:
-            for _, table in self._index:
-                if v in table:
-                    return LabelMatch(query, table[v], "plural")
-        return LabelMatch(query, None, "unknown")
+        return self.matcher.match(query)
 
     def vector(self, name: str) -> torch.Tensor:
         """Centroid ``(latent_dim,)`` of the exact class ``name``."""
@@ -160,9 +194,35 @@ class LabelBank(nn.Module):
 
     def suggestions(self, query: str, n: int = 5) -> list[str]:
         """Class names that share a word with ``query`` (for an 'unknown label' message)."""
-        words = set(normalise_label(query).split())
-        scored = [(len(words & set(normalise_label(c).replace(",", " ").split())), c) for c in self.names]
-        return [c for s, c in sorted(scored, key=lambda x: -x[0]) if s > 0][:n]
+        return self.matcher.suggestions(query, n)
+
+    @property
+    def target_norm(self) -> float:
+        """L2 norm of the conditions :meth:`mix` makes: ``config.latent_norm``, else the mean centroid norm."""
+        if self.config.latent_norm is not None:
+            return float(self.config.latent_norm)
+        return float(self.centroids.detach().float().norm(dim=-1).mean())
+
+    def mix(self, weights: Mapping[str, float]) -> torch.Tensor:
+        """Condition ``(latent_dim,)`` from class weights: ``sum_i w_i * centroid_i``, rescaled to :attr:`target_norm`.
+
+        Args:
+            weights: class name -> weight (> 0; normalised to sum 1 here).
+
+        Raises:
+            QueryError: no weights, a weight <= 0, an unknown class, or a mixture of (near) zero norm.
+        """
+        if not weights:
+            raise QueryError("no classes to mix")
+        w = torch.tensor([float(v) for v in weights.values()], dtype=torch.float32)  # (n_classes_used,)
+        if not bool((w > 0).all()):
+            raise QueryError(f"class weights must be > 0, got {dict(weights)}")
+        rows = torch.stack([self.vector(n).float() for n in weights])  # (n_classes_used, latent_dim)
+        mixed = ((w / w.sum())[:, None] * rows).sum(dim=0)  # (latent_dim,)
+        norm = float(mixed.norm())
+        if norm < 1e-12:
+            raise QueryError(f"the centroids of {list(weights)} cancel out; query one class at a time")
+        return mixed * (self.target_norm / norm)
 
 
 def build_label_bank_from_config(config: Mapping[str, Any]) -> LabelBank:
@@ -177,7 +237,7 @@ def build_label_bank(
     synonyms: Mapping[str, str] | None = None,
     min_count: int = 1,
 ) -> LabelBank:
-    """Average latents per class.
+    """Average latents per class; record the mean single-latent norm as ``latent_norm``.
 
     Args:
         latents: ``(n_segments, latent_dim)`` latents of mined segments.
@@ -202,7 +262,10 @@ def build_label_bank(
     if not kept:
         raise QueryError("no class has enough segments to build a label bank")
     syn = {a: t for a, t in (synonyms or {}).items() if t in kept}
-    cfg = LabelBankConfig(names=tuple(kept), latent_dim=int(latents.shape[1]), synonyms=syn, counts=tuple(counts))
+    latent_norm = float(latents.float().norm(dim=-1).mean())
+    cfg = LabelBankConfig(
+        names=tuple(kept), latent_dim=int(latents.shape[1]), synonyms=syn, counts=tuple(counts), latent_norm=latent_norm
+    )
     bank = LabelBank(cfg)
     with torch.no_grad():
         bank.centroids.copy_(torch.stack(rows))

@@ -54,25 +54,31 @@ def test_query_build_and_validation():
 
 def test_weighted_positives_and_label_fallback(minilm):
     proj, bank = _projection(), _bank()
-    enc = QueryEncoder(text_encoder=minilm, projection=proj, label_bank=bank)
+    enc = QueryEncoder(text_encoder=minilm, projection=proj, label_bank=bank, routing_cache=False)
     c_dog, c_bell = enc.encode_text(["dog barking", "church bell"])
     res = enc.encode(Query.build(text=["dog barking", "church bell"], weights=[1.0, 3.0]))
     torch.testing.assert_close(res.condition, (c_dog + 3 * c_bell) / 4, rtol=0, atol=1e-5)
-    assert res.notes == []
+    # "dog barking" is routed to the bank's Dog class; "church bell" matches neither Dog nor Rain -> projection
+    assert [p.source for p in res.positives] == ["text -> classes", "text -> projection"]
+    assert res.positives[0].routing.weights == {"Dog": 1.0}
+    torch.testing.assert_close(c_dog, bank.mix({"Dog": 1.0}))
+    torch.testing.assert_close(c_bell, proj.encode_texts(minilm, ["church bell"])[0], rtol=0, atol=1e-6)
+    assert len(res.notes) == 1 and "text 'church bell' matches no class of the label bank well" in res.notes[0]
+    assert "learned text projection" in res.notes[0]
 
     lab = enc.encode(Query.build(label="dogs"))
-    torch.testing.assert_close(lab.condition, bank.vector("Dog"))
+    torch.testing.assert_close(lab.condition, bank.mix({"Dog": 1.0}))
     assert lab.positives[0].source == "label" and lab.positives[0].match.how == "plural"
 
     unk = enc.encode(Query.build(label="church bell"))
-    assert unk.positives[0].source == "label -> text fallback"
-    assert "'church bell' is not in the label bank; using it as a text query" in unk.notes[0]
+    assert unk.positives[0].source == "label -> projection"
+    assert "label 'church bell' is not in the label bank and matches no class" in unk.notes[0]
     torch.testing.assert_close(unk.condition, c_bell, rtol=0, atol=1e-5)
-    assert "notes" in unk.describe()
+    assert "notes" in unk.describe() and unk.describe()["routing"][0]["matched"] is False
 
 
-def test_unknown_label_without_text_path_is_an_error():
-    enc = QueryEncoder(label_bank=_bank())
+def test_unknown_label_without_text_path_is_an_error(minilm):
+    enc = QueryEncoder(text_encoder=minilm, label_bank=_bank(), routing_cache=False)
     with pytest.raises(QueryError, match="not in the label bank.*no text projection"):
         enc.encode(Query.build(label="hair dryer"))
     with pytest.raises(QueryError, match="no text projection"):
@@ -122,7 +128,8 @@ def test_query_encoder_from_model_folder(tmp_path, monkeypatch):
     enc = QueryEncoder.from_model(folder)
     res = enc.encode(Query.build(audio=tmp_path / "q.wav", label="Rain", weights=[1, 1]))
     expected_audio = AudioQueryEncoder(det).encode_files([tmp_path / "q.wav"]).condition
-    torch.testing.assert_close(res.condition, (expected_audio + bank.vector("Rain")) / 2, rtol=0, atol=1e-6)
+    # a label is its class centroid at the bank's target norm (LabelBank.mix)
+    torch.testing.assert_close(res.condition, (expected_audio + bank.mix({"Rain": 1.0})) / 2, rtol=0, atol=1e-6)
     assert enc.model_info["path"] == str(folder) and len(enc.model_info["config_sha256"]) == 64
 
 
@@ -172,7 +179,7 @@ def test_cli_embed_round_trip(tmp_path, monkeypatch):
     assert r.exit_code == 1 and "exists" in _out(r)
     r = runner.invoke(app, ["embed", "--model", str(folder), "--label", "rain", "--out", str(out), "--overwrite"])
     assert r.exit_code == 0, r.output
-    torch.testing.assert_close(load_embedding(out)[0], bank.vector("Rain"))
+    torch.testing.assert_close(load_embedding(out)[0], bank.mix({"Rain": 1.0}))
     r = runner.invoke(app, ["embed", "--model", str(folder), "--label", "hair dryer", "--out", str(tmp_path / "x.safetensors")])
     assert r.exit_code == 1 and "not in the label bank" in _out(r)
     # silent query file
