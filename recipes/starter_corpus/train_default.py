@@ -127,6 +127,8 @@ def step_sed(data: Path, runs: Path, steps: int, ft_steps: int) -> Path:
 def step_mine(data: Path, runs: Path, detector: Path) -> Path:
     ev = data / "events"
     out = runs / "mined"
+    if (out / "mining.json").is_file():
+        return out
     run(QSEP + ["mine", "--config", "configs/mine_tiny.yaml", "--detector", str(detector),
                 "--data", str(ev / "balanced_train_segments.csv"), "--format", "audioset",
                 "--audio-dir", str(ev / "audio" / "train"), "--class-labels", str(ev / "class_labels_indices.csv"),
