@@ -13,7 +13,7 @@ Layouts:
     ``#`` comment lines, quoted comma-separated MID lists) + ``class_labels_indices.csv``
     (``index, mid, display_name``) + a folder (searched recursively) of audio files named
     ``<YTID>.<ext>`` or ``Y<YTID>.<ext>`` (also ``[Y]<YTID>_<anything>.<ext>``, e.g.
-    ``<YTID>_30.000_40.000.wav``), any extension in :data:`separator.audio.AUDIO_EXTENSIONS`.
+    ``<YTID>_30.000_40.000.wav``), any extension in :data:`qsep_core.audio.AUDIO_EXTENSIONS`.
     Each file is expected to hold the labeled segment already (the way AudioSet downloads
     are usually stored); reading starts at the file's start. Clips missing on disk are
     counted and reported (:attr:`WeakLabelDataset.missing`), not fatal; none found is an error.
@@ -22,7 +22,7 @@ Layouts:
 (c) CSV manifest: columns ``path`` (relative to the manifest's folder, or absolute) and
     ``labels`` (``;``-separated class names or MIDs), optional ``caption``.
 
-All audio files are read through :mod:`separator.audio`. Randomness (random crops, the
+All audio files are read through :mod:`qsep_core.audio`. Randomness (random crops, the
 balanced sampler) comes from explicit, seeded ``torch.Generator`` objects.
 """
 from __future__ import annotations
@@ -39,7 +39,8 @@ from typing import Iterable, Iterator, Literal, NamedTuple, Sequence
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from separator import audio
+from qsep_core import audio
+from qsep_core.extras import require
 
 __all__ = [
     "DatasetError",
@@ -537,8 +538,7 @@ class HDF5PackDataset(WeakLabelDataset):
         seed: int = 0,
         pack_sample_rate: int | None = None,
     ):
-        import h5py
-
+        h5py = require("h5py", "hdf5", "reading HDF5 packs")
         if isinstance(packs, (str, os.PathLike)):
             packs = [packs]
         self.packs = [Path(p) for p in packs]
@@ -586,8 +586,7 @@ class HDF5PackDataset(WeakLabelDataset):
         return state
 
     def _file(self, pi: int):
-        import h5py
-
+        h5py = require("h5py", "hdf5", "reading HDF5 packs")
         f = self._files.get(pi)
         if f is None:
             f = self._files[pi] = h5py.File(self.packs[pi], "r")
@@ -666,3 +665,4 @@ class BalancedClassSampler(Sampler[int]):
     def __iter__(self) -> Iterator[int]:
         seq = self.global_sequence()[self.rank::self.world_size]
         return iter(seq.tolist())
+

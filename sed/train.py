@@ -60,7 +60,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
-from separator.config import ConfigError, load_config, to_dict
+from qsep_core.config import ConfigError, load_config, to_dict, upgrade_fields
+from qsep_core.extras import require
 from sed.data import (
     AudioSetDataset,
     ClassList,
@@ -494,8 +495,7 @@ def build_classes(cfg: SEDDataConfig) -> ClassList:
             raise ConfigError("data.train (the training manifest) is not set")
         return manifest_classes(cfg.train)
     if cfg.format == "hdf5":
-        import h5py
-
+        h5py = require("h5py", "hdf5", "reading HDF5 packs")
         first = cfg.train[0] if isinstance(cfg.train, (list, tuple)) else cfg.train
         if not first or not Path(first).is_file():
             raise ConfigError(f"data.train: HDF5 pack not found: {first}")
@@ -653,10 +653,11 @@ def _init_weights(spec: NetworkSpec, folder: str) -> list[str]:
     (e.g. AudioSet's 527 -> your own labels), the weights whose shape depends on it (the
     token-semantic head) keep their fresh initialisation. Returns the names of those weights.
     """
-    from separator.checkpoint import ModelFolder
+    from qsep_core.checkpoint import ModelFolder
+    from sed.config import HTSATConfig
 
     mf = ModelFolder(folder)
-    src_cfg = mf.component_config(DETECTOR_COMPONENT)
+    src_cfg = upgrade_fields(HTSATConfig, mf.component_config(DETECTOR_COMPONENT))  # folders written before a field rename
     differ = sorted(k for k in set(src_cfg) | set(spec.config) if k != "num_classes" and src_cfg.get(k) != spec.config.get(k))
     if differ:
         raise ConfigError(
@@ -699,7 +700,7 @@ def train_sed(cfg: SEDTrainingConfig, network_factory: NetworkFactory | None = N
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger
 
-    from separator.checkpoint import Component, save_model
+    from qsep_core.checkpoint import Component, save_model
 
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     out = Path(cfg.out_dir)

@@ -19,7 +19,7 @@ How inputs are handled:
   (to float rounding).
 * Long inputs are cut into overlapping chunks (``segment`` seconds, ``overlap``
   fraction), cross-faded with a Hann taper and normalised by the summed
-  weights (:func:`separator.dsp.chunked_apply`). Nothing is dropped at the tail.
+  weights (:func:`qsep_core.dsp.chunked_apply`). Nothing is dropped at the tail.
   The segment is rounded to the nearest length the U-Net runs without padding,
   and an input shorter than a segment is one chunk of its own length (``snap_segment``).
 * :meth:`Separator.from_pretrained` prepares the model it loads for inference
@@ -36,11 +36,11 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from separator import audio
-from separator import audio as audio_mod
+from qsep_core import audio
+from qsep_core import audio as audio_mod
 from separator.checkpoint import CheckpointError, ModelFolder
 from separator.models import prepare_for_inference
-from separator.dsp import chunked_apply, chunked_apply_stream
+from qsep_core.dsp import chunked_apply, chunked_apply_stream
 
 __all__ = [
     "Separator", "SeparationResult", "DEFAULT_SEGMENT", "DEFAULT_OVERLAP", "DEFAULT_BATCH_SIZE",
@@ -374,7 +374,7 @@ class Separator:
         return torch.autocast(self.device.type, dtype=torch.bfloat16)
 
     def _chunk_fn(self, cond: torch.Tensor, in_rate: int) -> Callable[[torch.Tensor], torch.Tensor]:
-        """Chunk function for :mod:`separator.dsp.chunked`: ``(n, C, L)`` at ``in_rate`` -> ``(n, 2, C, L)`` (target, residual)."""
+        """Chunk function for :mod:`qsep_core.dsp.chunked`: ``(n, C, L)`` at ``in_rate`` -> ``(n, 2, C, L)`` (target, residual)."""
         model_rate = self.sample_rate
 
         def fn(x: torch.Tensor) -> torch.Tensor:

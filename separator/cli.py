@@ -90,7 +90,7 @@ def separate(
     queries = plan_queries(text, query_audio, label, embedding, negative)
     if not queries:
         fail("empty query: give at least one --text, --query-audio, --label or --embedding")
-    from separator import audio as audio_io
+    from qsep_core import audio as audio_io
 
     files, problems = audio_io.collect_audio_files(inputs)
     for msg in problems:
@@ -210,7 +210,7 @@ def detect(
     """Detect sound events in files with an HTS-AT model (label, start, end, confidence)."""
     import json
 
-    from separator.audio import AudioError
+    from qsep_core.audio import AudioError
     from separator.checkpoint import CheckpointError
 
     import sed
@@ -272,9 +272,9 @@ def embed(
 
     Reuse it with `qsep separate --embedding FILE` (no encoder is loaded then).
     """
-    from separator.audio import AudioError
+    from qsep_core.audio import AudioError
     from separator.checkpoint import CheckpointError
-    from separator.config import ConfigError
+    from qsep_core.config import ConfigError
     from separator.query.compose import Query, QueryEncoder, save_condition
     from separator.query.errors import QueryError
 
@@ -325,9 +325,9 @@ def mine(
     Writes shards of a segment manifest (clip, label, start, end, confidence, latent) for
     `qsep train separator`. A killed run restarts where it stopped.
     """
-    from separator.audio import AudioError
+    from qsep_core.audio import AudioError
     from separator.checkpoint import CheckpointError
-    from separator.config import ConfigError, from_dict, load_yaml
+    from qsep_core.config import ConfigError, from_dict, load_yaml
 
     import sed
     from sed.data import DatasetError
@@ -406,7 +406,7 @@ def models(
 
 def _parse_overrides(items: list[str]) -> dict:
     """``["data.batch_size=8", "lr=3e-4"]`` -> ``{"data": {"batch_size": 8}, "lr": 0.0003}`` (values parsed as YAML)."""
-    from separator.config import ConfigError, nested_overrides
+    from qsep_core.config import ConfigError, nested_overrides
 
     for item in items:
         key, sep, _ = item.partition("=")
@@ -434,7 +434,7 @@ def train_sed(
 
     Extra arguments KEY=VALUE override config fields, e.g. `data.batch_size=8 lr=3e-4`.
     """
-    from separator.config import ConfigError
+    from qsep_core.config import ConfigError
 
     overrides = _parse_overrides(list(ctx.args))
     for key, value in (("out_dir", out), ("accelerator", accelerator), ("max_steps", max_steps),
@@ -445,7 +445,7 @@ def train_sed(
         d = devices.strip()
         overrides["devices"] = int(d) if d.isdigit() else ([int(x) for x in d.split(",") if x] if "," in d else d)
     try:
-        from separator.audio import AudioError
+        from qsep_core.audio import AudioError
         from sed.data import DatasetError
         from sed.train import load_sed_config, train_sed as run
 
@@ -475,9 +475,9 @@ def train_separator(
 
     Extra arguments KEY=VALUE (or --set KEY=VALUE) override config fields, e.g. `lr=3e-4 model.channels=[16,32]`.
     """
-    from separator.audio import AudioError
+    from qsep_core.audio import AudioError
     from separator.checkpoint import CheckpointError
-    from separator.config import ConfigError
+    from qsep_core.config import ConfigError
 
     from sed.mining import MiningError
 
@@ -518,7 +518,7 @@ def train_text_projection(
     import json
 
     from separator.checkpoint import CheckpointError
-    from separator.config import ConfigError, load_config
+    from qsep_core.config import ConfigError, load_config
     from separator.query.errors import QueryError
     from separator.query.train import TextProjectionTrainConfig, train_text_projection as run
 

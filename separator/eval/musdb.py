@@ -4,7 +4,7 @@
     Estimates at 44.1 kHz stereo for the whole track; BSS Eval v4 through ``museval`` with
     1-s windows and hops; per stem the median over frames (NaN frames, i.e. silent references,
     ignored), then the median over tracks. Also the MDX-challenge whole-track SDR
-    (:func:`separator.eval.metrics.mdx_sdr`), reported as the mean and the median over tracks.
+    (:func:`qsep_core.metrics.mdx_sdr`), reported as the mean and the median over tracks.
 
 ``zsass`` (NON-STANDARD, the ZS-ASS paper's protocol as its reference code runs it)
     Stereo is averaged to mono and resampled to 32 kHz; the track is cut to a whole number of
@@ -38,11 +38,11 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 import torch
 
-from separator import audio
-from separator.dsp import StftConfig, istft, stft
+from qsep_core import audio
+from qsep_core.dsp import StftConfig, istft, stft
 from separator.eval.deps import import_musdb, import_museval
 from separator.eval.estimators import Estimator
-from separator.eval.metrics import mdx_sdr
+from qsep_core.metrics import mdx_sdr
 from separator.eval.wiener import wiener
 
 __all__ = [
@@ -320,7 +320,8 @@ def score_sisec18(
             values={"SDR": sdr[i].tolist(), "SIR": sir[i].tolist(), "ISR": isr[i].tolist(), "SAR": sar[i].tolist()},
         )
         frames = _nan_to_none(sdr[i].tolist())
-        mdx = mdx_sdr(torch.from_numpy(references[s]), torch.from_numpy(estimates[s]), eps=protocol.mdx_eps)
+        mdx = mdx_sdr(estimate=torch.from_numpy(estimates[s]), reference=torch.from_numpy(references[s]),
+                      eps=protocol.mdx_eps)
         result["stems"][s] = {
             "sdr_median": _median(frames),
             "frame_sdr": frames,

@@ -228,7 +228,7 @@ def test_cli_musdb_with_a_real_tiny_model(tiny_musdb, tmp_path):
     from sed.config import htsat_config
     from sed.htsat import build_from_config as build_htsat
     from separator.checkpoint import Component, save_model
-    from separator.config import to_dict
+    from qsep_core.config import to_dict
     from separator.models import build_preset
 
     hc = htsat_config("tiny")

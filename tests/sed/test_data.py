@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from separator import audio
+from qsep_core import audio
 from sed.data import (
     AudioSetDataset,
     BalancedClassSampler,

@@ -12,7 +12,7 @@ import torchaudio
 from torch import nn
 
 from separator.checkpoint import ModelFolder, load_strict
-from separator.config import ConfigError
+from qsep_core.config import ConfigError
 from sed.data import ClassList, ManifestDataset
 from sed.train import (
     NetworkSpec,
