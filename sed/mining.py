@@ -64,6 +64,7 @@ __all__ = [
     "Manifest",
     "find_anchors",
     "mine",
+    "mining_dataset",
     "load_manifest",
     "write_manifest",
     "shard_paths",
@@ -522,3 +523,30 @@ def mine(
         trainer.predict(module, dataloaders=loader, return_predictions=False)
     return out
 
+
+def mining_dataset(data: str | os.PathLike | Sequence[str | os.PathLike], detector: torch.nn.Module, *,
+                   format: str | None = None, audio_dir: str | os.PathLike | None = None,
+                   class_labels: str | os.PathLike | None = None):
+    """The weak-label dataset to mine, at the detector's rate and clip length (clips cut at their start).
+
+    Args:
+        data: a CSV manifest (``path,labels``), an HDF5 pack (``.h5``), or an AudioSet segments CSV.
+        detector: an HTS-AT (``detector.cfg.sample_rate`` / ``clip_samples``; ``class_names`` when known).
+        format: ``manifest`` | ``hdf5`` | ``audioset``; None: :func:`sed.data.guess_format`.
+        audio_dir: the folder of the clips (AudioSet layout).
+        class_labels: ``class_labels_indices.csv``; default: the detector's class names.
+
+    Raises:
+        sed.data.DatasetError: an unknown format, missing files, or an AudioSet layout without an audio
+            folder or class names.
+    """
+    from sed.data import ClassList, open_weak_dataset
+
+    if class_labels:
+        classes = ClassList.from_csv(class_labels)
+    elif getattr(detector, "class_names", None):
+        classes = ClassList(tuple(detector.class_names))
+    else:
+        classes = None
+    return open_weak_dataset(data, format=format, classes=classes, sample_rate=detector.cfg.sample_rate,
+                             clip_samples=detector.cfg.clip_samples, crop="start", audio_dir=audio_dir)

@@ -63,13 +63,12 @@ from torch.utils.data import DataLoader, DistributedSampler
 from qsep_core.config import ConfigError, load_config, to_dict, upgrade_fields
 from qsep_core.extras import require
 from sed.data import (
-    AudioSetDataset,
+    DATA_FORMATS,
     ClassList,
-    HDF5PackDataset,
-    ManifestDataset,
     WeakLabelDataset,
     BalancedClassSampler,
     manifest_classes,
+    open_weak_dataset,
 )
 
 __all__ = [
@@ -186,7 +185,7 @@ class SEDTrainingConfig:
             raise ConfigError(f"lr_schedule must be official, warmup_cosine or warmup_constant, got {self.lr_schedule!r}")
         if self.mixup_alpha < 0:
             raise ConfigError(f"mixup_alpha must be >= 0, got {self.mixup_alpha}")
-        if self.data.format not in ("audioset", "hdf5", "manifest"):
+        if self.data.format not in DATA_FORMATS:
             raise ConfigError(f"data.format must be audioset, hdf5 or manifest, got {self.data.format!r}")
         if self.data.crop not in ("start", "center", "random"):
             raise ConfigError(f"data.crop must be start, center or random, got {self.data.crop!r}")
@@ -512,14 +511,11 @@ def build_dataset(cfg: SEDDataConfig, split: str, classes: ClassList, sample_rat
             raise ConfigError("data.train is not set")
         return None
     crop = cfg.crop if split == "train" else "start"
-    if cfg.format == "audioset":
-        folder = getattr(cfg, f"{split}_audio_dir")
-        if not folder:
-            raise ConfigError(f"data.{split}_audio_dir (folder of the {split} clips) is not set")
-        return AudioSetDataset(src, folder, classes, sample_rate, clip_samples, crop=crop, seed=seed)
-    if cfg.format == "hdf5":
-        return HDF5PackDataset(src, classes, sample_rate, clip_samples, crop=crop, seed=seed, pack_sample_rate=cfg.pack_sample_rate)
-    return ManifestDataset(src, classes, sample_rate, clip_samples, crop=crop, seed=seed)
+    folder = getattr(cfg, f"{split}_audio_dir")
+    if cfg.format == "audioset" and not folder:
+        raise ConfigError(f"data.{split}_audio_dir (folder of the {split} clips) is not set")
+    return open_weak_dataset(src, format=cfg.format, classes=classes, sample_rate=sample_rate, clip_samples=clip_samples,
+                             crop=crop, seed=seed, audio_dir=folder, pack_sample_rate=cfg.pack_sample_rate)
 
 
 def build_datasets(cfg: SEDTrainingConfig, classes: ClassList, sample_rate: int, clip_samples: int) -> tuple[WeakLabelDataset, WeakLabelDataset | None]:

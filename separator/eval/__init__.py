@@ -5,7 +5,8 @@ Importing this package imports neither ``musdb`` nor ``museval`` (they need ffmp
 time); they are imported by :mod:`separator.eval.deps` when an evaluation runs. Submodules:
 ``estimators`` (the Estimator interface and oracles), ``wiener`` (multichannel Wiener
 post-filter), ``musdb`` (MUSDB18 driver), ``queries`` (stem queries from the MUSDB18 train set),
-``mixtures`` (seeded two-source benchmarks). The metrics (SDR, SI-SDR, MDX SDR) are
+``mixtures`` (seeded two-source benchmarks), ``run`` (what ``qsep evaluate`` runs: a model folder
+or oracles wired to the drivers). The metrics (SDR, SI-SDR, MDX SDR) are
 :mod:`qsep_core.metrics`, re-exported here.
 """
 from __future__ import annotations
@@ -24,6 +25,7 @@ _EXPORTS = {
     "FfmpegNotFoundError": "separator.eval.deps", "require_ffmpeg": "separator.eval.deps",
     "build_stem_queries": "separator.eval.queries", "StemQueryConfig": "separator.eval.queries",
     "evaluate_mixtures": "separator.eval.mixtures", "MixtureSetConfig": "separator.eval.mixtures",
+    "run_musdb": "separator.eval.run", "run_mixtures": "separator.eval.run",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -145,8 +145,8 @@ def test_cli_mixtures_oracle(tmp_path):
 
 
 def _fake_model(monkeypatch, calls):
-    """Replace the CLI's model loading by callables that record what they are asked."""
-    import separator.cli as cli
+    """Replace the model loading of `qsep evaluate` by callables that record what they are asked."""
+    import separator.eval.run as run
 
     def encode(**query):
         (kind, value), = query.items()
@@ -159,7 +159,7 @@ def _fake_model(monkeypatch, calls):
         calls.setdefault("condition", []).append(condition)
         return 0.5 * wav
 
-    monkeypatch.setattr(cli, "_load_model", lambda model: (calls.setdefault("model", str(model)), (encode, separate))[1])
+    monkeypatch.setattr(run, "load_model", lambda model: (calls.setdefault("model", str(model)), (encode, separate))[1])
 
 
 def test_cli_musdb_model_glue(tiny_musdb, tmp_path, monkeypatch):
