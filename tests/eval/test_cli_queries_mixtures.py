@@ -18,6 +18,7 @@ from separator.eval.queries import StemQueryConfig, build_stem_queries
 runner = CliRunner()
 
 
+@pytest.mark.slow
 def test_cli_musdb_oracle_end_to_end(tiny_musdb, tmp_path):
     root, _ = tiny_musdb
     out = tmp_path / "out"
@@ -162,6 +163,7 @@ def _fake_model(monkeypatch, calls):
     monkeypatch.setattr(run, "load_model", lambda model: (calls.setdefault("model", str(model)), (encode, separate))[1])
 
 
+@pytest.mark.slow
 def test_cli_musdb_model_glue(tiny_musdb, tmp_path, monkeypatch):
     calls: dict = {}
     _fake_model(monkeypatch, calls)

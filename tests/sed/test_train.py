@@ -324,6 +324,7 @@ def test_resume_after_kill_continues_from_checkpoint_step(tmp_path):
     assert fresh.first == 0
 
 
+@pytest.mark.slow
 def test_real_tiny_htsat_learns_tones_and_exports_a_loadable_detector(tmp_path):
     """The `tiny` HTS-AT preset (1-s clips) through the default network factory and the qsep model folder."""
     from sed.train import build_network

@@ -122,6 +122,7 @@ def test_model_folder_round_trip(tmp_path):
     assert build_from_config(to_dict(model.config)).config == model.config
 
 
+@pytest.mark.slow
 def test_small_preset_learns_to_pick_the_sine():
     """Frozen mixture, one-hot condition: 'which sine'. A few dozen steps must give > 10 dB SI-SDR improvement."""
     g = torch.Generator().manual_seed(0)
