@@ -581,6 +581,7 @@ def evaluate_mixtures(
     oracle: Optional[str] = typer.Option(None, "--oracle", help="Evaluate an oracle instead of a model: mixture or irm."),
     classes: Optional[str] = typer.Option(None, "--classes", help="Classes to evaluate, separated like --held-out (default: every label in the corpus)."),
     query: str = typer.Option("text", "--query", help="Query kind: text, audio or label."),
+    unrelated_text: Optional[str] = typer.Option(None, "--unrelated-text", help="A control: query EVERY class with this one text (with --query text), e.g. 'typing on a computer keyboard'."),
     per_class: int = typer.Option(10, "--per-class", help="Mixtures per class."),
     seed: int = typer.Option(0, "--seed", help="Seed of the mixture draw."),
     out: Path = typer.Option(Path("mixtures_eval"), "--out", help="Output folder (mixture set, results JSON + markdown)."),
@@ -594,12 +595,12 @@ def evaluate_mixtures(
     try:
         with bar:
             run = run_mixtures(corpus, out, held_out=_split_list(held_out), model=model, oracle=oracle,
-                               classes=_split_list(classes) if classes else None, query=query, per_class=per_class,
-                               seed=seed, progress=update)
+                               classes=_split_list(classes) if classes else None, query=query,
+                               unrelated_text=unrelated_text, per_class=per_class, seed=seed, progress=update)
     except (CheckpointError, OSError, ValueError, KeyError, ImportError) as err:
         fail(str(err))
     if run.reused_set:
-        console.print(f"reused the mixture set in {out / 'mixture_set.json'}")
+        console.print(f"reusing the mixture set in {out / 'mixture_set.json'}")
     typer.echo(mx.results_markdown(run.results))
     console.print(f"results in {run.json_path} / .md")
 

@@ -140,8 +140,8 @@ def _class_conditions(encode: Encode, separate: Separate) -> Callable[[torch.Ten
 
 def run_mixtures(corpus: str | os.PathLike, out: str | os.PathLike, *, held_out: Sequence[str],
                  model: str | os.PathLike | None = None, oracle: str | None = None,
-                 classes: Sequence[str] | None = None, query: str = "text", per_class: int = 10, seed: int = 0,
-                 progress: ProgressFn | None = None) -> MixtureRun:
+                 classes: Sequence[str] | None = None, query: str = "text", unrelated_text: str | None = None,
+                 per_class: int = 10, seed: int = 0, progress: ProgressFn | None = None) -> MixtureRun:
     """Evaluate a model (or an oracle) on seeded two-source mixtures of a weak-label corpus and write the results.
 
     The mixture set is drawn once and kept in ``out/mixture_set.json``: a later run in the same ``out``
@@ -153,9 +153,12 @@ def run_mixtures(corpus: str | os.PathLike, out: str | os.PathLike, *, held_out:
         model, oracle: exactly one of a model folder or ``"mixture"`` / ``"irm"``.
         classes: the classes to evaluate (default: every label in the corpus).
         query: ``"text"``, ``"audio"`` or ``"label"`` (models only).
+        unrelated_text: a control (text queries of a model): every class is queried with this one text;
+            the results are named ``results_<method>_text_unrelated`` and record it as ``query_text``.
 
     Raises:
-        ValueError: not exactly one of model / oracle, an unknown query kind or oracle, a class without clips.
+        ValueError: not exactly one of model / oracle, an unknown query kind or oracle, a class without clips,
+            or ``unrelated_text`` without a model and text queries.
         FileNotFoundError: the corpus is missing.
         separator.checkpoint.CheckpointError: the model folder does not load.
     """
@@ -163,6 +166,8 @@ def run_mixtures(corpus: str | os.PathLike, out: str | os.PathLike, *, held_out:
         raise ValueError("give exactly one of --model DIR or --oracle mixture|irm")
     if oracle is None and query not in mx.QUERY_KINDS:
         raise ValueError(f"unknown query kind {query!r}; choose one of {list(mx.QUERY_KINDS)}")
+    if unrelated_text is not None and (query != "text" or oracle is not None):
+        raise ValueError("--unrelated-text is a control for --query text with a --model")
     out = Path(out)
     items = mx.read_corpus(corpus)
     wanted = list(classes) if classes else sorted({lab for it in items for lab in it.labels})
@@ -178,10 +183,13 @@ def run_mixtures(corpus: str | os.PathLike, out: str | os.PathLike, *, held_out:
         estimator: est_mod.Estimator = est_mod.oracle(oracle)
     else:
         estimator = est_mod.ConditionEstimator(separate=_class_conditions(*load_model(model)), name="model")
+    texts = {c: unrelated_text for c in wanted} if unrelated_text else None
     results = mx.evaluate_mixtures(specs, estimator, held_out, query_kind=query, query_audio=query_audio,
-                                   config=config, progress=progress)
+                                   config=config, texts=texts, progress=progress)
+    if unrelated_text:
+        results["query_text"] = unrelated_text
     out.mkdir(parents=True, exist_ok=True)
-    stem = f"results_{results['method']}_{query}"
+    stem = f"results_{results['method']}_{query}" + ("_unrelated" if unrelated_text else "")
     json_path, md_path = out / f"{stem}.json", out / f"{stem}.md"
     atomic_write_text(json_path, json.dumps(results, indent=2))
     atomic_write_text(md_path, mx.results_markdown(results))

@@ -205,6 +205,21 @@ def test_cli_mixtures_model_glue(tmp_path, monkeypatch):
     assert all(abs(r["si_sdri"]) < 1e-6 and abs(r["sdri"] - 3.01) < 0.05 for r in results["mixtures"])
 
 
+def test_cli_mixtures_unrelated_text_control(tmp_path, monkeypatch):
+    calls: dict = {}
+    _fake_model(monkeypatch, calls)
+    corpus = _corpus(tmp_path)
+    args = ["evaluate", "mixtures", str(corpus), "--model", str(tmp_path / "m"), "--held-out", "high", "--classes",
+            "low;high", "--per-class", "2", "--unrelated-text", "typing", "--out", str(tmp_path / "out")]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert calls["text"] == ["typing", "typing"]  # every class asked with the one unrelated text
+    results = json.loads((tmp_path / "out" / "results_model_text_unrelated.json").read_text())
+    assert results["query_text"] == "typing"
+    res = runner.invoke(app, args + ["--query", "label"])
+    assert res.exit_code == 1 and "--unrelated-text" in res.output
+
+
 def test_read_audioset_layout(tmp_path):
     (tmp_path / "class_labels_indices.csv").write_text(
         'index,mid,display_name\n0,/m/09x0r,"Speech"\n1,/m/05zppz,"Male speech, man speaking"\n2,/m/0jbk,Animal\n')
