@@ -324,7 +324,7 @@ def mine(
     num_workers: int = typer.Option(None, "--num-workers", min=0, help="DataLoader workers (default 0)."),
     store_audio: bool = typer.Option(None, "--store-audio/--no-store-audio", help="Store the anchor audio in the shards (needed for HDF5 packs)."),
     accelerator: str = typer.Option(None, "--accelerator", help="auto, cpu or gpu."),
-    devices: str = typer.Option(None, "--devices", help="Devices per node (a number or auto); >1 runs DDP."),
+    devices: str = typer.Option(None, "--devices", help="Devices per node: a number, a list like 0,1, or auto; >1 runs DDP."),
     num_nodes: int = typer.Option(None, "--num-nodes", min=1, help="Nodes for multi-node DDP."),
 ) -> None:
     """Mine anchor segments from weakly labeled clips with a sound event detector.
@@ -346,10 +346,10 @@ def mine(
         fail(f"unexpected arguments {ctx.args}; see `qsep mine --help`")
     try:
         fields = load_yaml(config) if config else {}
-        given = dict(segment_seconds=segment_seconds, min_prob=min_prob, max_anchors=max_anchors, shard_size=shard_size,
-                     batch_size=batch_size, num_workers=num_workers, store_audio=store_audio, accelerator=accelerator,
-                     num_nodes=num_nodes, devices=(int(devices) if devices and devices.isdigit() else devices))
-        fields.update({k: v for k, v in given.items() if v is not None})
+        fields.update(_given(segment_seconds=segment_seconds, min_prob=min_prob, max_anchors=max_anchors,
+                             shard_size=shard_size, batch_size=batch_size, num_workers=num_workers,
+                             store_audio=store_audio, accelerator=accelerator, num_nodes=num_nodes,
+                             devices=_devices(devices)))
         fields.setdefault("progress", True)
         cfg = from_dict(MiningConfig, fields)
         model = sed.load_detector(detector)
@@ -391,6 +391,21 @@ def models(
     Console().print(table)
 
 
+def _given(**options):
+    """The options the user gave (not None), as config field overrides."""
+    return {k: v for k, v in options.items() if v is not None}
+
+
+def _devices(text: Optional[str]):
+    """``--devices``: ``"2"`` -> 2, ``"0,1"`` -> [0, 1], ``"auto"`` -> ``"auto"`` (None: not given)."""
+    if text is None:
+        return None
+    d = text.strip()
+    if d.isdigit():
+        return int(d)
+    return [int(x) for x in d.split(",") if x] if "," in d else d
+
+
 def _parse_overrides(items: list[str]) -> dict:
     """``["data.batch_size=8", "lr=3e-4"]`` -> ``{"data": {"batch_size": 8}, "lr": 0.0003}`` (values parsed as YAML)."""
     from qsep_core.config import ConfigError, nested_overrides
@@ -424,13 +439,8 @@ def train_sed(
     from qsep_core.config import ConfigError
 
     overrides = _parse_overrides(list(ctx.args))
-    for key, value in (("out_dir", out), ("accelerator", accelerator), ("max_steps", max_steps),
-                       ("precision", precision), ("num_nodes", num_nodes), ("resume", resume)):
-        if value is not None:
-            overrides[key] = value
-    if devices is not None:
-        d = devices.strip()
-        overrides["devices"] = int(d) if d.isdigit() else ([int(x) for x in d.split(",") if x] if "," in d else d)
+    overrides.update(_given(out_dir=out, accelerator=accelerator, max_steps=max_steps, precision=precision,
+                            num_nodes=num_nodes, resume=resume, devices=_devices(devices)))
     try:
         from qsep_core.audio import AudioError
         from qsep_core.extras import MissingExtraError
@@ -469,13 +479,9 @@ def train_separator(
     from qsep_core.manifest import ManifestError
 
     overrides = _parse_overrides(list(ctx.args) + list(set_ or []))
-    for key, value in (("manifest", manifest), ("out_dir", out), ("detector", detector), ("accelerator", accelerator),
-                       ("num_nodes", num_nodes), ("max_steps", max_steps), ("precision", precision), ("resume", resume)):
-        if value is not None:
-            overrides[key] = value
-    if devices is not None:
-        d = devices.strip()
-        overrides["devices"] = int(d) if d.isdigit() else ([int(x) for x in d.split(",") if x] if "," in d else d)
+    overrides.update(_given(manifest=manifest, out_dir=out, detector=detector, accelerator=accelerator,
+                            num_nodes=num_nodes, max_steps=max_steps, precision=precision, resume=resume,
+                            devices=_devices(devices)))
     try:
         from separator.train import load_training_config, train_separator as run
 
@@ -510,10 +516,8 @@ def train_text_projection(
     from separator.query.train import TextProjectionTrainConfig, train_text_projection as run
 
     overrides = _parse_overrides(list(ctx.args))
-    for key, value in (("model", model), ("out", out), ("manifest", manifest), ("latents", latents),
-                       ("steps", steps), ("device", device), ("overwrite", overwrite)):
-        if value is not None:
-            overrides[key] = value
+    overrides.update(_given(model=model, out=out, manifest=manifest, latents=latents, steps=steps, device=device,
+                            overwrite=overwrite))
     try:
         cfg = load_config(TextProjectionTrainConfig, config, overrides)
         metrics = run(cfg, log=lambda line: console.print(line, highlight=False))
