@@ -146,7 +146,11 @@ def info(path: str | os.PathLike) -> AudioInfo:
 
 
 def check_finite(wav: torch.Tensor, what: str = "audio") -> torch.Tensor:
-    """Return ``wav`` unchanged, or raise :class:`NonFiniteAudioError` naming where the bad samples are."""
+    """Return ``wav`` unchanged.
+
+    Raises:
+        NonFiniteAudioError: ``wav`` holds NaN or inf (the message says how many and where the first is).
+    """
     finite = torch.isfinite(wav)
     if not bool(finite.all()):
         bad = (~finite).nonzero()
@@ -169,6 +173,10 @@ class AudioReader:
             piece = r.read(start=1000, frames=512)       # random access
 
     Every block is checked for NaN/inf.
+
+    Raises:
+        AudioNotFoundError, AudioDecodeError: the file is missing or cannot be decoded.
+        EmptyAudioError: the file holds no samples.
     """
 
     def __init__(self, path: str | os.PathLike):
@@ -194,6 +202,11 @@ class AudioReader:
         """Read ``frames`` frames from ``start`` (-1: to the end) as ``(channels, n)``.
 
         Reading past the end returns the frames that exist (possibly none).
+
+        Raises:
+            ValueError: ``start`` is negative.
+            AudioDecodeError: the file is truncated or cannot be decoded there.
+            NonFiniteAudioError: the block holds NaN or inf.
         """
         if start < 0:
             raise ValueError(f"start must be >= 0, got {start}")
@@ -215,7 +228,11 @@ class AudioReader:
         return check_finite(block, f"{self.path} (frames {start}..{start + frames})")
 
     def blocks(self, block_frames: int) -> Iterator[torch.Tensor]:
-        """Consecutive ``(channels, <= block_frames)`` blocks covering the whole file."""
+        """Consecutive ``(channels, <= block_frames)`` blocks covering the whole file.
+
+        Raises:
+            ValueError: ``block_frames`` is not positive; otherwise as :meth:`read`.
+        """
         if block_frames <= 0:
             raise ValueError(f"block_frames must be > 0, got {block_frames}")
         for start in range(0, self.frames, block_frames):
@@ -263,6 +280,9 @@ def resample(wav: torch.Tensor, orig_rate: int, new_rate: int) -> torch.Tensor:
     """Band-limited resampling along the last axis (torchaudio's windowed sinc).
 
     Works on any leading dims. The output length is ``ceil(T * new / orig)``.
+
+    Raises:
+        ValueError: a rate is not positive.
     """
     if orig_rate <= 0 or new_rate <= 0:
         raise ValueError(f"sample rates must be positive, got {orig_rate} -> {new_rate}")
@@ -276,8 +296,11 @@ def to_channels(wav: torch.Tensor, channels: int) -> torch.Tensor:
     """Convert ``(..., C, T)`` to ``channels`` channels.
 
     Down-mix to mono averages the channels; mono is up-mixed by copying. Other
-    conversions (e.g. 5.1 to stereo) have no single right answer and raise
-    :class:`UnsupportedFormatError`.
+    conversions (e.g. 5.1 to stereo) have no single right answer.
+
+    Raises:
+        ValueError: ``wav`` has no channel axis.
+        UnsupportedFormatError: a conversion other than to or from mono.
     """
     if wav.dim() < 2:
         raise ValueError(f"expected (..., channels, time), got shape {tuple(wav.shape)}")
@@ -306,7 +329,12 @@ def _subtype_for(path: Path, bit_depth: str) -> tuple[str, str]:
 
 
 def check_output_format(ext: str, bit_depth: str) -> None:
-    """Raise :class:`UnsupportedFormatError` unless files with extension ``ext`` can be written at ``bit_depth``."""
+    """Check that files with extension ``ext`` can be written at ``bit_depth``.
+
+    Raises:
+        UnsupportedFormatError: the extension is not one of :data:`WRITE_FORMATS`, or the bit depth is not
+            available for it.
+    """
     _subtype_for(Path(f"x.{ext.lstrip('.')}"), bit_depth)
 
 
@@ -321,6 +349,12 @@ class AudioWriter:
 
     Integer formats clip samples outside [-1, 1]; :attr:`clipped` counts them so
     the caller can report it (qsep never clips silently).
+
+    Raises:
+        UnsupportedFormatError: the extension or bit depth cannot be written.
+        ValueError: a non-positive sample rate.
+        AudioWriteError: (on open / commit) the folder is missing, ``path`` exists without ``overwrite``,
+            or writing fails.
     """
 
     def __init__(
@@ -371,7 +405,13 @@ class AudioWriter:
             raise AudioWriteError(f"cannot write {self.path}: {exc}") from exc
 
     def write(self, block: torch.Tensor) -> None:
-        """Append a ``(channels, n)`` block."""
+        """Append a ``(channels, n)`` block.
+
+        Raises:
+            ValueError: the block is not ``(channels, n)``.
+            NonFiniteAudioError: the block holds NaN or inf.
+            AudioWriteError: writing failed (the temporary file is removed).
+        """
         if self._file is None:
             raise RuntimeError("AudioWriter is not open")
         if block.dim() != 2 or block.shape[0] != self.channels:
@@ -438,6 +478,11 @@ def save(
     Returns:
         The closed writer, whose ``clipped`` and ``peak`` say whether integer
         output had to clip samples outside [-1, 1].
+
+    Raises:
+        ValueError: ``wav`` is not 2-d.
+        EmptyAudioError: ``wav`` holds no samples.
+        UnsupportedFormatError, AudioWriteError, NonFiniteAudioError: as :class:`AudioWriter`.
     """
     if wav.dim() != 2:
         raise ValueError(f"save expects (channels, time), got shape {tuple(wav.shape)}")

@@ -452,6 +452,11 @@ def mine(
 
     Returns:
         ``out_dir``.
+
+    Raises:
+        MiningError: bad shard or batch size, an empty dataset, a detector that does not say its rate, a
+            dataset without audio paths while ``store_audio`` is off, or ``out_dir`` holding a run with
+            other settings.
     """
 
     cfg = config or MiningConfig()

@@ -115,6 +115,9 @@ def istft(spec: torch.Tensor, cfg: StftConfig, length: int) -> torch.Tensor:
 
     Returns:
         ``(..., length)`` real signal.
+
+    Raises:
+        ValueError: unknown window.
     """
     lead = spec.shape[:-2]
     flat = spec.reshape(-1, *spec.shape[-2:])  # (batch, bins, frames)

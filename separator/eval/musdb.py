@@ -627,6 +627,12 @@ def evaluate_musdb(
 
     Returns:
         The summary over the selected tracks (as written to ``out/summary.json``).
+
+    Raises:
+        ValueError: ``jobs`` < 1, no or duplicate estimator names, an unknown protocol or track, or an
+            estimator that returns a wrong shape or non-finite values.
+        FileNotFoundError: no MUSDB18 tracks under ``root``.
+        FfmpegNotFoundError: ffmpeg is missing (musdb and museval need it).
     """
     proto = protocol_from_name(protocol) if isinstance(protocol, str) else protocol
     if jobs < 1:
