@@ -81,7 +81,7 @@ class HTSATConfig:
     top_db: float | None = None
     bn_eps: float = 1e-5
     # geometry
-    clip_samples: int = 320000
+    clip_samples: int = 10 * SAMPLE_RATE  # 10-s AudioSet clips
     spec_size: int = 256
     freq_ratio: int = 4
     patch_size: int = 4
