@@ -8,6 +8,7 @@ the other names are those of :mod:`qsep_core.checkpoint`.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any, Mapping
 
 import torch
@@ -56,7 +57,7 @@ class ModelFolder(_core.ModelFolder):
 
 
 def save_model(path: str | os.PathLike, components: Mapping[str, Component], metadata: Mapping[str, Any] | None = None,
-               overwrite: bool = False) -> "os.PathLike":
+               overwrite: bool = False) -> Path:
     """:func:`qsep_core.checkpoint.save_model`, refusing component kinds that :data:`BUILDERS` cannot build.
 
     Raises:
