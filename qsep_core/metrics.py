@@ -63,22 +63,12 @@ def sdr(*, estimate: torch.Tensor, reference: torch.Tensor, eps: float = 1e-8,
 
 def si_sdr(*, estimate: torch.Tensor, reference: torch.Tensor, eps: float = 1e-8, zero_mean: bool = True,
            dtype: torch.dtype | None = torch.float64) -> torch.Tensor:
-    """Scale-invariant SDR (Le Roux et al. 2019) in dB over the last axis.
+    """Scale-invariant SDR (Le Roux et al. 2019) in dB over the last axis, ``(..., time)`` -> ``(...)``.
 
     The reference is scaled by the least-squares gain ``(<s_hat, s> + eps) / (|s|^2 + eps)`` before
-    the ratio is taken, so the estimate's gain does not matter.
-
-    Args:
-        estimate, reference: ``(..., time)``, same shape.
-        eps: regulariser of the gain and of both energies.
-        zero_mean: remove each signal's mean first (as torchmetrics).
-        dtype: computation and result dtype (None: the inputs' floating dtype, at least float32).
-
-    Returns:
-        ``(...)`` in dB.
-
-    Raises:
-        ValueError: the shapes differ or the signals are empty.
+    the ratio is taken, so the estimate's gain does not matter. Arguments and errors as :func:`sdr`
+    (``eps`` also regularises the gain), plus ``zero_mean``: remove each signal's mean first (as
+    torchmetrics).
     """
     e, s = _prepare(estimate, reference, dtype)
     if zero_mean:
