@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One-command set-up of qsep on a Debian/Ubuntu machine (x86_64, Python >= 3.10):
 #   system packages (ffmpeg for MUSDB18 .mp4 stems, libsndfile), a virtual environment in .venv
-#   with the exact pinned versions of constraints.txt, qsep itself (editable), then `qsep --help` and a first
+#   with the exact pinned versions of constraints.txt, qsep itself (editable, with every extra), then `qsep --help` and a first
 #   separation of examples/demo_mix.flac with the shipped model.
 # Re-running it is safe: finished steps are fast no-ops.
 #   QSEP_VENV=path   put the environment elsewhere (default: .venv next to this file)
@@ -25,8 +25,10 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 echo "== installing qsep and its pinned dependencies (about 5 GB, a few minutes the first time)"
 "$venv/bin/python" -m pip install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
-"$venv/bin/python" -m pip install -q -c "$here/constraints.txt" -e "$here[dev]" 2>&1 | grep -v "^WARNING: Location" || true
-"$venv/bin/python" -c "import separator, sed, torch, torchaudio, soundfile" \
+# every extra (evaluation: museval + musdb, plots: matplotlib, hdf5: h5py) and the test tools
+"$venv/bin/python" -m pip install -q -c "$here/constraints.txt" -e "$here[all,dev]" 2>&1 | grep -v "^WARNING: Location" || true
+"$venv/bin/python" -c "import qsep_core, separator, sed, torch, torchaudio, soundfile, matplotlib, h5py
+import importlib.util as u; assert u.find_spec('museval') and u.find_spec('musdb')" \
   || { echo "install failed: qsep does not import; see the pip output above" >&2; exit 1; }
 
 echo "== qsep is installed: $venv/bin/qsep"

@@ -62,7 +62,7 @@ from benchmarks.common import write_report
 
 def _synthetic_corpus(folder: Path, rate: int, seconds: float, per_class: int, seed: int) -> Path:
     """Toy classes (tones and noise bands) written as files: a smoke corpus, not a quality benchmark."""
-    from separator import audio as audio_io
+    from qsep_core import audio as audio_io
 
     g = torch.Generator().manual_seed(seed)
     n = int(seconds * rate)
@@ -90,7 +90,7 @@ def _synthetic_corpus(folder: Path, rate: int, seconds: float, per_class: int, s
 
 
 def _classes(corpus: Path) -> dict[str, list[Path]]:
-    from separator.audio import is_audio_path
+    from qsep_core.audio import is_audio_path
 
     out = {}
     for d in sorted(p for p in corpus.iterdir() if p.is_dir()):
@@ -103,7 +103,7 @@ def _classes(corpus: Path) -> dict[str, list[Path]]:
 
 
 def _crop(path: Path, rate: int, seconds: float, g: torch.Generator) -> torch.Tensor:
-    from separator import audio as audio_io
+    from qsep_core import audio as audio_io
 
     wav, _ = audio_io.load(path, sample_rate=rate, channels=1)
     n = int(seconds * rate)
@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     from separator.api import Separator
-    from separator.eval.metrics import si_sdr
+    from qsep_core.metrics import si_sdr
     from separator.query.compose import Query, QueryEncoder
 
     sep = Separator.from_pretrained(args.model, device=args.device)
@@ -166,14 +166,15 @@ def main(argv: list[str] | None = None) -> int:
             gain = sa.pow(2).mean().sqrt() / sb.pow(2).mean().sqrt().clamp(min=1e-8) * 10 ** (-args.snr / 20)
             sb = sb * gain
             mix = sa + sb
-            base = float(si_sdr(sa, mix))
+            base = float(si_sdr(estimate=mix, reference=sa))
             for name, method, beta in methods:
                 key = (a, b if method else None, method, beta)
                 if key not in cond_cache:
                     q = query(a) if method is None else query(a, b, beta, method)
                     cond_cache[key] = encoder.encode(q).condition
                 est = sep.separate_condition(mix[None], rate, cond_cache[key]).target[0]
-                per_method[name].append((float(si_sdr(sa, est)) - base, float(si_sdr(sb, est))))
+                per_method[name].append((float(si_sdr(estimate=est, reference=sa)) - base,
+                                         float(si_sdr(estimate=est, reference=sb))))
     rows = []
     ref = [x for x, _ in per_method["none"]]
     for name, _, _ in methods:

@@ -21,8 +21,9 @@ from typing import Callable
 
 import torch
 
-RATE = 32000  # the tiny HTS-AT preset's rate (checked against the config below)
-SEGMENT_SECONDS = 2.0
+from qsep_core.constants import ANCHOR_SECONDS as SEGMENT_SECONDS
+from qsep_core.constants import SAMPLE_RATE as RATE  # the tiny HTS-AT preset's rate (checked below)
+
 TRAIN_PER_CLASS = 40
 CORPUS_PER_CLASS = 4
 
@@ -60,9 +61,9 @@ def main(work: Path) -> None:
     from sed import mining
     from sed.config import htsat_config
     from sed.htsat import HTSAT
-    from separator import audio as audio_io
+    from qsep_core import audio as audio_io
     from separator.checkpoint import Component, save_model
-    from separator.config import to_dict
+    from qsep_core.config import to_dict
 
     work.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)

@@ -45,7 +45,7 @@ LONG = 300  # seconds: inputs longer than this are timed once
 
 def _write_test_file(path: Path, seconds: float, rate: int = RATE, channels: int = 2) -> None:
     """Band-limited noise + tones, written block by block (never all in memory)."""
-    from separator.audio import AudioWriter
+    from qsep_core.audio import AudioWriter
 
     g = torch.Generator().manual_seed(0)
     block = rate * 10
@@ -61,7 +61,7 @@ def _write_test_file(path: Path, seconds: float, rate: int = RATE, channels: int
 def _model_folder(path: Path, preset_name: str, query_encoder: bool) -> None:
     """A model folder with random weights: the separator, and the HTS-AT audio query encoder if asked."""
     from separator.checkpoint import Component, save_model
-    from separator.config import to_dict
+    from qsep_core.config import to_dict
     from separator.models import build_from_config, preset
 
     cfg = preset(preset_name)
@@ -155,8 +155,9 @@ def _demucs_worker(job: dict) -> dict:
 
 
 def _plot(rows: list[dict], path: Path) -> None:
-    import matplotlib
+    from qsep_core.extras import require
 
+    matplotlib = require("matplotlib", "plots", "the benchmark figure")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

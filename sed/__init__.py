@@ -19,7 +19,10 @@ if TYPE_CHECKING:
 
     from sed.htsat import HTSAT
 
-__all__ = ["load_detector", "DETECTOR_COMPONENTS", "HTSAT", "HTSATConfig", "htsat_config"]
+__all__ = ["load_detector", "DETECTOR_COMPONENTS", "COMPONENT_BUILDERS", "HTSAT", "HTSATConfig", "htsat_config"]
+
+#: model-file component kinds this package builds (kind -> "module:callable", see :mod:`qsep_core.checkpoint`)
+COMPONENT_BUILDERS: dict[str, str] = {"htsat": "sed.htsat:build_from_config"}
 
 _LAZY = {"HTSAT": "sed.htsat", "HTSATConfig": "sed.config", "htsat_config": "sed.config"}
 
@@ -44,11 +47,11 @@ def load_detector(path: str | os.PathLike, device: torch.device | str = "cpu") -
     metadata (``None`` when unknown: outputs are then named by class index).
 
     Raises:
-        separator.checkpoint.CheckpointError: the folder is missing, malformed, or has no HTS-AT component.
+        qsep_core.checkpoint.CheckpointError: the folder is missing, malformed, or has no HTS-AT component.
     """
-    from separator.checkpoint import CheckpointError, ModelFolder
+    from qsep_core.checkpoint import CheckpointError, ModelFolder
 
-    folder = ModelFolder(path)
+    folder = ModelFolder(path, builders=COMPONENT_BUILDERS)
     name = next((n for n in DETECTOR_COMPONENTS if folder.has(n)), None)
     if name is None:
         raise CheckpointError(

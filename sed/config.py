@@ -14,9 +14,11 @@ rows high.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
-from separator.config import ConfigError, from_dict, override
+from qsep_core.config import ConfigError, from_dict, override
+from qsep_core.constants import HOP_LENGTH, SAMPLE_RATE, WIN_LENGTH
+from qsep_core.dsp import StftConfig
 
 __all__ = ["HTSATConfig", "PRESETS", "htsat_config", "preset_names"]
 
@@ -27,7 +29,9 @@ class HTSATConfig:
 
     Front end:
         sample_rate: input rate in Hz (the model never resamples).
-        n_fft, win_length, hop_length, window, periodic_window, center, pad_mode: the STFT.
+        n_fft, win_length, hop_length, window, periodic, center, pad_mode: the STFT (the fields of
+            :class:`qsep_core.dsp.StftConfig`, returned by :attr:`stft`; ``periodic`` was called
+            ``periodic_window`` before, which model files may still say).
         n_mels, fmin, fmax, mel_scale, mel_norm: the mel filter bank (torchaudio, Slaney by default).
         amin, ref, top_db: ``10*log10(max(mel, amin)) - 10*log10(max(amin, ref))``, clipped to
             ``top_db`` below the maximum when ``top_db`` is not None (the official model: None).
@@ -55,13 +59,16 @@ class HTSATConfig:
         long_batch: how many windows of a long input run at once (bounds memory).
     """
 
+    #: old field name -> new one (old model files are still read)
+    RENAMED_FIELDS: ClassVar[dict[str, str]] = {"periodic_window": "periodic"}
+
     # front end
-    sample_rate: int = 32000
-    n_fft: int = 1024
-    win_length: int = 1024
-    hop_length: int = 320
+    sample_rate: int = SAMPLE_RATE
+    n_fft: int = WIN_LENGTH
+    win_length: int = WIN_LENGTH
+    hop_length: int = HOP_LENGTH
     window: str = "hann"
-    periodic_window: bool = True
+    periodic: bool = True
     center: bool = True
     pad_mode: str = "reflect"
     n_mels: int = 64
@@ -74,7 +81,7 @@ class HTSATConfig:
     top_db: float | None = None
     bn_eps: float = 1e-5
     # geometry
-    clip_samples: int = 320000
+    clip_samples: int = 10 * SAMPLE_RATE  # 10-s AudioSet clips
     spec_size: int = 256
     freq_ratio: int = 4
     patch_size: int = 4
@@ -105,6 +112,14 @@ class HTSATConfig:
         self.validate()
 
     # derived sizes -------------------------------------------------------
+    @property
+    def stft(self) -> StftConfig:
+        """The front end's STFT settings."""
+        return StftConfig(
+            n_fft=self.n_fft, hop_length=self.hop_length, win_length=self.win_length, window=self.window,
+            periodic=self.periodic, center=self.center, pad_mode=self.pad_mode,
+        )
+
     @property
     def n_freqs(self) -> int:
         """STFT bins (``n_fft // 2 + 1``)."""
@@ -141,12 +156,14 @@ class HTSATConfig:
 
     def frames(self, samples: int) -> int:
         """Log-mel frames for ``samples`` input samples."""
-        if self.center:
-            return 1 + samples // self.hop_length
-        return 1 + (samples - self.n_fft) // self.hop_length
+        return self.stft.frames(samples)
 
     def validate(self) -> None:
-        """Raise :class:`ConfigError` naming the first inconsistent setting."""
+        """Check that the settings fit together.
+
+        Raises:
+            ConfigError: naming the first inconsistent setting and its value.
+        """
         if len(self.depths) != len(self.num_heads):
             raise ConfigError(f"depths {self.depths} and num_heads {self.num_heads} differ in length")
         if self.spec_size % self.freq_ratio or self.spec_size // self.freq_ratio != self.n_mels:
@@ -211,7 +228,11 @@ def preset_names() -> list[str]:
 
 
 def htsat_config(name: str = "audioset", **overrides: Any) -> HTSATConfig:
-    """The preset ``name`` with ``overrides`` applied (unknown fields are a :class:`ConfigError`)."""
+    """The preset ``name`` with ``overrides`` applied.
+
+    Raises:
+        ConfigError: unknown preset, unknown field, or an inconsistent result.
+    """
     if name not in PRESETS:
         raise ConfigError(f"unknown HTS-AT preset {name!r}; choose one of {preset_names()}")
     base = from_dict(HTSATConfig, PRESETS[name])

@@ -13,7 +13,7 @@ Layouts:
     ``#`` comment lines, quoted comma-separated MID lists) + ``class_labels_indices.csv``
     (``index, mid, display_name``) + a folder (searched recursively) of audio files named
     ``<YTID>.<ext>`` or ``Y<YTID>.<ext>`` (also ``[Y]<YTID>_<anything>.<ext>``, e.g.
-    ``<YTID>_30.000_40.000.wav``), any extension in :data:`separator.audio.AUDIO_EXTENSIONS`.
+    ``<YTID>_30.000_40.000.wav``), any extension in :data:`qsep_core.audio.AUDIO_EXTENSIONS`.
     Each file is expected to hold the labeled segment already (the way AudioSet downloads
     are usually stored); reading starts at the file's start. Clips missing on disk are
     counted and reported (:attr:`WeakLabelDataset.missing`), not fatal; none found is an error.
@@ -22,7 +22,7 @@ Layouts:
 (c) CSV manifest: columns ``path`` (relative to the manifest's folder, or absolute) and
     ``labels`` (``;``-separated class names or MIDs), optional ``caption``.
 
-All audio files are read through :mod:`separator.audio`. Randomness (random crops, the
+All audio files are read through :mod:`qsep_core.audio`. Randomness (random crops, the
 balanced sampler) comes from explicit, seeded ``torch.Generator`` objects.
 """
 from __future__ import annotations
@@ -39,7 +39,8 @@ from typing import Iterable, Iterator, Literal, NamedTuple, Sequence
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from separator import audio
+from qsep_core import audio
+from qsep_core.extras import require
 
 __all__ = [
     "DatasetError",
@@ -53,6 +54,9 @@ __all__ = [
     "BalancedClassSampler",
     "read_audioset_segments",
     "CropMode",
+    "DATA_FORMATS",
+    "guess_format",
+    "open_weak_dataset",
 ]
 
 log = logging.getLogger(__name__)
@@ -537,8 +541,7 @@ class HDF5PackDataset(WeakLabelDataset):
         seed: int = 0,
         pack_sample_rate: int | None = None,
     ):
-        import h5py
-
+        h5py = require("h5py", "hdf5", "reading HDF5 packs")
         if isinstance(packs, (str, os.PathLike)):
             packs = [packs]
         self.packs = [Path(p) for p in packs]
@@ -586,8 +589,7 @@ class HDF5PackDataset(WeakLabelDataset):
         return state
 
     def _file(self, pi: int):
-        import h5py
-
+        h5py = require("h5py", "hdf5", "reading HDF5 packs")
         f = self._files.get(pi)
         if f is None:
             f = self._files[pi] = h5py.File(self.packs[pi], "r")
@@ -666,3 +668,60 @@ class BalancedClassSampler(Sampler[int]):
     def __iter__(self) -> Iterator[int]:
         seq = self.global_sequence()[self.rank::self.world_size]
         return iter(seq.tolist())
+
+
+# --------------------------------------------------------------------------------------------
+# one entry point for the three layouts (training and mining)
+
+#: the weak-label layouts :func:`open_weak_dataset` reads
+DATA_FORMATS = ("manifest", "hdf5", "audioset")
+
+
+def guess_format(source: str | os.PathLike | Sequence[str | os.PathLike], audio_dir: str | os.PathLike | None = None) -> str:
+    """The layout of ``source``: ``"hdf5"`` for ``.h5`` / ``.hdf5`` packs, ``"audioset"`` when an audio
+    folder is given (a segments CSV), else ``"manifest"`` (a ``path,labels`` CSV)."""
+    first = source[0] if isinstance(source, (list, tuple)) and source else source
+    if str(first).lower().endswith((".h5", ".hdf5")):
+        return "hdf5"
+    return "audioset" if audio_dir else "manifest"
+
+
+def open_weak_dataset(
+    source: str | os.PathLike | Sequence[str | os.PathLike],
+    *,
+    format: str | None,
+    classes: ClassList | None,
+    sample_rate: int,
+    clip_samples: int,
+    crop: CropMode = "start",
+    seed: int = 0,
+    audio_dir: str | os.PathLike | None = None,
+    pack_sample_rate: int | None = None,
+) -> WeakLabelDataset:
+    """The weak-label dataset at ``source`` in one of :data:`DATA_FORMATS`, yielding clips of
+    ``clip_samples`` samples at ``sample_rate`` Hz.
+
+    Args:
+        source: a manifest CSV, one HDF5 pack or a list of packs, or an AudioSet segments CSV.
+        format: one of :data:`DATA_FORMATS`; None: :func:`guess_format`.
+        classes: the class list (None: from the manifest's labels / the pack's width; the
+            ``audioset`` layout needs one).
+        audio_dir: the clips of the ``audioset`` layout.
+        pack_sample_rate: ``hdf5``: rate of the stored waveforms when the packs do not say it.
+
+    Raises:
+        DatasetError: an unknown format, an ``audioset`` source without ``audio_dir`` or ``classes``,
+            or what the dataset itself raises (missing files, malformed CSV or pack).
+    """
+    fmt = format or guess_format(source, audio_dir)
+    if fmt == "manifest":
+        return ManifestDataset(source, classes, sample_rate, clip_samples, crop=crop, seed=seed)
+    if fmt == "hdf5":
+        return HDF5PackDataset(source, classes, sample_rate, clip_samples, crop=crop, seed=seed,
+                               pack_sample_rate=pack_sample_rate)
+    if fmt == "audioset":
+        if not audio_dir or classes is None:
+            raise DatasetError("the audioset format needs the folder of the clips (audio_dir) and a class list "
+                               "(class_labels_indices.csv, or a detector with class names)")
+        return AudioSetDataset(source, audio_dir, classes, sample_rate, clip_samples, crop=crop, seed=seed)
+    raise DatasetError(f"unknown data format {fmt!r}; choose one of {list(DATA_FORMATS)}")

@@ -136,9 +136,9 @@ def detect_file(model: HTSAT, path: str | os.PathLike, threshold: float = 0.5, t
     """Events in an audio file (any rate / channels: mixed to mono, resampled to the model's rate).
 
     Raises:
-        separator.audio.AudioError: the file is missing, unreadable, empty or not finite.
+        qsep_core.audio.AudioError: the file is missing, unreadable, empty or not finite.
     """
-    from separator.audio import load
+    from qsep_core.audio import load
 
     wav, _ = load(path, sample_rate=model.cfg.sample_rate, channels=1)
     return detect_wave(model, wav[0], threshold, top_k, str(path))
@@ -146,9 +146,16 @@ def detect_file(model: HTSAT, path: str | os.PathLike, threshold: float = 0.5, t
 
 def plot_detection(det: Detection, path: str | os.PathLike, n_classes: int = 5,
                    class_names: Sequence[str] | None = None) -> Path:
-    """Draw the frame-wise probability of the ``n_classes`` top classes of ``det`` to an image file."""
-    import matplotlib
+    """Draw the frame-wise probability of the ``n_classes`` top classes of ``det`` to an image file.
 
+    Raises:
+        qsep_core.extras.MissingExtraError: matplotlib (the ``plots`` extra) is not installed.
+        ValueError: ``det`` carries no frame-wise output.
+        OSError: the image cannot be written.
+    """
+    from qsep_core.extras import require
+
+    matplotlib = require("matplotlib", "plots", "plotting detections")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

@@ -1,11 +1,12 @@
 """HTS-AT front end: waveform -> log-mel (dB), and the time/frequency fold to the Swin input image.
 
 Everything follows the official HTS-AT numerics (``HTSATConfig`` holds the
-values): ``torch.stft`` with a periodic Hann window and reflect centre padding,
-power ``re^2 + im^2``, a Slaney mel bank (torchaudio), ``10*log10(max(mel, amin))``
-minus the reference level, no ``top_db`` clipping by default. The official code
-computes the STFT with stored conv kernels (torchlibrosa); ``torch.stft`` equals
-it within float32 rounding.
+values): qsep's one STFT (:func:`qsep_core.dsp.stft`, i.e. ``torch.stft``) with a
+periodic Hann window and reflect centre padding, power ``re^2 + im^2``, a Slaney
+mel bank (torchaudio), ``10*log10(max(mel, amin))`` minus the reference level, no
+``top_db`` clipping by default. The official code computes the STFT with stored
+conv kernels (torchlibrosa); ``torch.stft`` equals it within float32 rounding
+(:func:`stft_kernels` gives those kernels, to check imported checkpoints).
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import torchaudio
 from einops import rearrange
 from torch import nn
 
+from qsep_core.dsp import dft_kernels, stft, window
 from sed.config import HTSATConfig
 
 __all__ = ["mel_filterbank", "stft_kernels", "log_mel", "LogMel", "stretch_frames", "tile_frames", "fold_to_image"]
@@ -31,30 +33,13 @@ def mel_filterbank(cfg: HTSATConfig) -> torch.Tensor:
         ).to(torch.float32)
 
 
-def _window(cfg: HTSATConfig, dtype: torch.dtype = torch.float64) -> torch.Tensor:
-    makers = {"hann": torch.hann_window, "hamming": torch.hamming_window}
-    if cfg.window not in makers:
-        raise ValueError(f"unknown window {cfg.window!r}; choose one of {sorted(makers)}")
-    win = makers[cfg.window](cfg.win_length, periodic=cfg.periodic_window, dtype=dtype)
-    if cfg.win_length < cfg.n_fft:  # centred zero padding, as torch.stft does
-        left = (cfg.n_fft - cfg.win_length) // 2
-        win = F.pad(win, (left, cfg.n_fft - cfg.win_length - left))
-    return win
-
-
 def stft_kernels(cfg: HTSATConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """The DFT kernels that ``torch.stft`` applies, in torchlibrosa's conv layout ``(n_freqs, 1, n_fft)``.
+    """The DFT kernels that the front end's STFT applies, in torchlibrosa's conv layout ``(n_freqs, 1, n_fft)``.
 
-    ``real[k, 0, n] = cos(2 pi k n / N) w[n]``, ``imag[k, 0, n] = -sin(2 pi k n / N) w[n]``, computed
-    in float64 and rounded to float32. Used to check the frozen kernels of official checkpoints.
+    :func:`qsep_core.dsp.dft_kernels` of ``cfg.stft``, computed in float64 and rounded to float32.
+    Used to check the frozen kernels of official checkpoints.
     """
-    n = torch.arange(cfg.n_fft, dtype=torch.int64)
-    k = torch.arange(cfg.n_freqs, dtype=torch.int64)
-    ang = 2 * math.pi * ((k[:, None] * n[None, :]) % cfg.n_fft).to(torch.float64) / cfg.n_fft  # (freqs, n_fft)
-    win = _window(cfg)[None, :]
-    real = (torch.cos(ang) * win).to(torch.float32)[:, None, :]  # (freqs, 1, n_fft)
-    imag = (-torch.sin(ang) * win).to(torch.float32)[:, None, :]
-    return real, imag
+    return dft_kernels(cfg.stft, dtype=torch.float32)
 
 
 def log_mel(wave: torch.Tensor, cfg: HTSATConfig, melW: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
@@ -67,13 +52,13 @@ def log_mel(wave: torch.Tensor, cfg: HTSATConfig, melW: torch.Tensor, window: to
 
     Returns:
         ``(batch, frames, n_mels)`` with ``frames = cfg.frames(samples)``.
+
+    Raises:
+        ValueError: ``wave`` is not 2-d.
     """
     if wave.dim() != 2:
         raise ValueError(f"expected a (batch, samples) waveform, got shape {tuple(wave.shape)}")
-    spec = torch.stft(
-        wave, cfg.n_fft, hop_length=cfg.hop_length, win_length=cfg.win_length, window=window,
-        center=cfg.center, pad_mode=cfg.pad_mode, normalized=False, onesided=True, return_complex=True,
-    )  # (batch, freqs, frames)
+    spec = stft(wave, cfg.stft, window_tensor=window)  # (batch, freqs, frames)
     power = spec.real**2 + spec.imag**2
     mel = torch.matmul(power.transpose(1, 2), melW)  # (batch, frames, mels)
     db = 10.0 * torch.log10(torch.clamp(mel, min=cfg.amin))
@@ -94,8 +79,8 @@ class LogMel(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.register_buffer("melW", mel_filterbank(cfg))
-        left = (cfg.n_fft - cfg.win_length) // 2  # torch.stft pads a short window itself: keep it unpadded
-        win = _window(cfg, torch.float64)[left:left + cfg.win_length].to(torch.float32)
+        # made in float64 and rounded, as the official kernels; unpadded (torch.stft pads a short window itself)
+        win = window(cfg.stft, torch.float64).to(torch.float32)
         self.register_buffer("window", win, persistent=False)
 
     def forward(self, wave: torch.Tensor) -> torch.Tensor:

@@ -482,6 +482,6 @@ def build_from_config(config: Mapping[str, Any]) -> HTSAT:
 
     The weights keep PyTorch's default init: a model folder loads its own right after.
     """
-    from separator.config import from_dict
+    from qsep_core.config import from_dict
 
     return HTSAT(from_dict(HTSATConfig, config), init_weights=False)

@@ -13,19 +13,13 @@ Two layers:
   positive label), recomputes the latent on each anchor crop (as the official
   code computes the query latent on the 2 s crop), and writes shards.
 
-Manifest folder layout (see :func:`load_manifest`)::
-
-    out/
-      mining.json                 config, class names, sample rate, shard count (written first)
-      shards/shard-00000.safetensors   "latent" (N, D) float32 [+ "audio" (N, S), "audio_length" (N,)]
-      shards/shard-00000.csv      one row per segment: clip_id, clip_index, audio_path, label,
-                                  label_name, clip_labels (';'-joined class indices), start, end,
-                                  confidence, row (row in the shard's tensors)
+Manifest folder layout: :mod:`qsep_core.manifest` (this module writes it, separator training
+reads it there).
 
 Shard ``k`` holds the clips ``[k * shard_size, (k + 1) * shard_size)`` of the
-dataset, in order. Each shard is written atomically (temporary files renamed;
-the CSV last, so a CSV marks a finished shard). A restarted run skips finished
-shards; batches never span shards, so a resumed run gives byte-identical shards.
+dataset, in order. Each shard is written atomically (the CSV last, so a CSV marks
+a finished shard). A restarted run skips finished shards; batches never span shards,
+so a resumed run gives byte-identical shards.
 
 Under DDP (``devices=N`` / ``num_nodes=M``), rank ``r`` of ``W`` takes the pending
 shards ``r, r + W, ...`` whole; every rank lists the pending shards before the
@@ -37,18 +31,31 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import lightning as L
-import pandas as pd
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
-from safetensors.torch import load_file, save_file
+
+from qsep_core.constants import ANCHOR_SECONDS
+from qsep_core.manifest import (
+    MANIFEST_COLUMNS,
+    MINING_JSON,
+    SHARD_DIR,
+    Manifest,
+    ManifestContent,
+    ManifestError,
+    load_manifest,
+    shard_done,
+    shard_paths,
+    write_manifest,
+    write_meta,
+    write_shard,
+)
 
 __all__ = [
     "Anchor",
@@ -57,31 +64,19 @@ __all__ = [
     "Manifest",
     "find_anchors",
     "mine",
+    "mining_dataset",
     "load_manifest",
     "write_manifest",
     "shard_paths",
     "MANIFEST_COLUMNS",
 ]
 
-MINING_JSON = "mining.json"
-SHARD_DIR = "shards"
-#: Columns of every shard CSV, in order.
-MANIFEST_COLUMNS = (
-    "clip_id",
-    "clip_index",
-    "audio_path",
-    "label",
-    "label_name",
-    "clip_labels",
-    "start",
-    "end",
-    "confidence",
-    "row",
-)
 
+class MiningError(ManifestError):
+    """Mining cannot run (bad settings, a dataset without audio paths, another run in the output folder).
 
-class MiningError(ValueError):
-    """Mining cannot run or a manifest is incomplete / inconsistent."""
+    A :class:`qsep_core.manifest.ManifestError`, which is what reading an incomplete manifest raises.
+    """
 
 
 # ----------------------------------------------------------------------------------------------
@@ -108,7 +103,7 @@ def _as_numpy(x: Any, what: str) -> np.ndarray:
 def find_anchors(
     framewise_prob: Any,
     frame_times: Any,
-    segment_seconds: float = 2.0,
+    segment_seconds: float = ANCHOR_SECONDS,
     min_prob: float | None = None,
     max_anchors: int = 1,
     clip_duration: float | None = None,
@@ -188,69 +183,18 @@ def find_anchors(
 # the driver
 # ----------------------------------------------------------------------------------------------
 @dataclass
-class MiningConfig:
-    """Options of a mining run (everything that changes the manifest is recorded in ``mining.json``)."""
+class MiningConfig(ManifestContent):
+    """Options of a mining run: the content settings of :class:`qsep_core.manifest.ManifestContent`
+    (recorded in ``mining.json``) and how the run executes (these may change between resumes)."""
 
-    segment_seconds: float = 2.0
-    min_prob: float | None = None
-    max_anchors: int = 1
-    #: a label counts as present in a clip when its weak target is above this
-    positive_threshold: float = 0.5
-    shard_size: int = 1000
     batch_size: int = 8
     num_workers: int = 0
-    #: also store each anchor's audio (mono, detector rate) in the shard; needed for datasets without
-    #: audio files (HDF5 packs)
-    store_audio: bool = False
     accelerator: str = "auto"
     devices: int | str = 1
     num_nodes: int = 1
     strategy: str = "auto"
     precision: str = "32-true"
     progress: bool = False
-
-    #: fields that define the manifest content; a resumed run must agree on them
-    CONTENT_FIELDS = ("segment_seconds", "min_prob", "max_anchors", "positive_threshold", "shard_size", "store_audio")
-
-    def content(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in self.CONTENT_FIELDS}
-
-
-def shard_paths(out_dir: str | os.PathLike, index: int) -> tuple[Path, Path]:
-    """``(csv, safetensors)`` paths of shard ``index``."""
-    base = Path(out_dir) / SHARD_DIR / f"shard-{index:05d}"
-    return base.with_suffix(".csv"), base.with_suffix(".safetensors")
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _write_shard(out_dir: Path, index: int, rows: list[dict[str, Any]], tensors: dict[str, torch.Tensor]) -> None:
-    """Write one shard: tensors first, then the CSV (its presence marks the shard finished)."""
-    csv_path, st_path = shard_paths(out_dir, index)
-    fd, tmp = tempfile.mkstemp(prefix=f".{st_path.name}.", suffix=".part", dir=st_path.parent)
-    os.close(fd)
-    try:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp)
-        os.replace(tmp, st_path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    frame = pd.DataFrame(rows, columns=list(MANIFEST_COLUMNS))
-    _atomic_write_text(csv_path, frame.to_csv(index=False, float_format="%.6f"))
-
-
-def _shard_done(out_dir: Path, index: int) -> bool:
-    csv_path, st_path = shard_paths(out_dir, index)
-    return csv_path.is_file() and st_path.is_file()
 
 
 def _dataset_class_mids(dataset: Any) -> list[str] | None:
@@ -289,7 +233,7 @@ def _true_length(dataset: Any, index: int) -> int | None:
     path = _dataset_audio_path(dataset, index)
     if not rate or not path or not os.path.isfile(path):
         return None
-    from separator import audio
+    from qsep_core import audio
 
     return int(math.ceil(audio.info(path).duration * rate))
 
@@ -477,7 +421,7 @@ class _ShardWriter(BasePredictionWriter):
         if self.cfg.store_audio:
             tensors["audio"] = audio  # (segments, segment samples), zero-padded
             tensors["audio_length"] = audio_len
-        _write_shard(self.out_dir, s, table, tensors)
+        write_shard(self.out_dir, s, table, tensors)
         if self.on_shard_written is not None:
             self.on_shard_written(s)
 
@@ -508,6 +452,11 @@ def mine(
 
     Returns:
         ``out_dir``.
+
+    Raises:
+        MiningError: bad shard or batch size, an empty dataset, a detector that does not say its rate, a
+            dataset without audio paths while ``store_audio`` is off, or ``out_dir`` holding a run with
+            other settings.
     """
 
     cfg = config or MiningConfig()
@@ -533,32 +482,22 @@ def mine(
     out = Path(out_dir)
     (out / SHARD_DIR).mkdir(parents=True, exist_ok=True)
     num_shards = math.ceil(n / cfg.shard_size)
-    meta = {
-        "format": "qsep-mined-segments",
-        "format_version": 1,
-        "config": cfg.content(),
-        "sample_rate": sample_rate,
-        "num_clips": n,
-        "num_shards": num_shards,
-        "class_names": names,
-        "class_mids": _dataset_class_mids(dataset),
-    }
     meta_path = out / MINING_JSON
     if meta_path.is_file():
         old = json.loads(meta_path.read_text())
-        if {k: old.get(k) for k in ("config", "sample_rate", "num_clips", "num_shards")} != {
-            k: meta[k] for k in ("config", "sample_rate", "num_clips", "num_shards")
-        }:
+        now = {"config": cfg.content(), "sample_rate": sample_rate, "num_clips": n, "num_shards": num_shards}
+        if {k: old.get(k) for k in now} != now:
             raise MiningError(
                 f"{out} holds a mining run with other settings ({old.get('config')}, {old.get('num_clips')} clips); "
                 "use another --out folder or delete it"
             )
-    _atomic_write_text(meta_path, json.dumps(meta, indent=2) + "\n")
+    write_meta(out, cfg, sample_rate=sample_rate, num_clips=n, num_shards=num_shards, class_names=names,
+               class_mids=_dataset_class_mids(dataset))
 
     pending = [
         (s, s * cfg.shard_size, min(n, (s + 1) * cfg.shard_size))
         for s in range(num_shards)
-        if not _shard_done(out, s)
+        if not shard_done(out, s)
     ]
     if not pending:
         return out
@@ -590,127 +529,29 @@ def mine(
     return out
 
 
-def write_manifest(
-    out_dir: str | os.PathLike,
-    segments: Sequence[Mapping[str, Any]],
-    latents: torch.Tensor,
-    sample_rate: int,
-    class_names: Sequence[str] | None = None,
-    audio: torch.Tensor | None = None,
-    audio_length: torch.Tensor | None = None,
-    segment_seconds: float = 2.0,
-    class_mids: Sequence[str] | None = None,
-) -> Path:
-    """Write segments found some other way (strong labels, hand-made lists) as a one-shard manifest.
+def mining_dataset(data: str | os.PathLike | Sequence[str | os.PathLike], detector: torch.nn.Module, *,
+                   format: str | None = None, audio_dir: str | os.PathLike | None = None,
+                   class_labels: str | os.PathLike | None = None):
+    """The weak-label dataset to mine, at the detector's rate and clip length (clips cut at their start).
 
     Args:
-        segments: dicts with the keys of :data:`MANIFEST_COLUMNS` except ``row`` (``clip_labels`` may be a
-            sequence of class indices; ``audio_path`` may be empty when ``audio`` is given).
-        latents: ``(segments, D)`` conditions (e.g. HTS-AT latents of the segments).
-        sample_rate: rate of ``audio`` (and the rate the latents were computed at).
-        audio: optional ``(segments, S)`` stored audio, ``audio_length`` ``(segments,)`` valid samples.
+        data: a CSV manifest (``path,labels``), an HDF5 pack (``.h5``), or an AudioSet segments CSV.
+        detector: an HTS-AT (``detector.cfg.sample_rate`` / ``clip_samples``; ``class_names`` when known).
+        format: ``manifest`` | ``hdf5`` | ``audioset``; None: :func:`sed.data.guess_format`.
+        audio_dir: the folder of the clips (AudioSet layout).
+        class_labels: ``class_labels_indices.csv``; default: the detector's class names.
+
+    Raises:
+        sed.data.DatasetError: an unknown format, missing files, or an AudioSet layout without an audio
+            folder or class names.
     """
-    out = Path(out_dir)
-    (out / SHARD_DIR).mkdir(parents=True, exist_ok=True)
-    if len(segments) != latents.shape[0]:
-        raise MiningError(f"{len(segments)} segments but {latents.shape[0]} latents")
-    rows = []
-    for i, seg in enumerate(segments):
-        row = {k: seg.get(k, "") for k in MANIFEST_COLUMNS if k != "row"}
-        labels = seg.get("clip_labels", (seg["label"],))
-        if not isinstance(labels, str):
-            row["clip_labels"] = ";".join(str(int(k)) for k in labels)
-        rows.append({**row, "row": i})
-    tensors = {"latent": latents.float()}
-    store_audio = audio is not None
-    if store_audio:
-        tensors["audio"] = audio.float()
-        tensors["audio_length"] = (
-            audio_length.long() if audio_length is not None else torch.full((audio.shape[0],), audio.shape[-1])
-        )
-    cfg = MiningConfig(segment_seconds=segment_seconds, store_audio=store_audio, shard_size=max(1, len(rows)))
-    meta = {
-        "format": "qsep-mined-segments",
-        "format_version": 1,
-        "config": cfg.content(),
-        "sample_rate": int(sample_rate),
-        "num_clips": len({r["clip_id"] for r in rows}),
-        "num_shards": 1,
-        "class_names": list(class_names) if class_names is not None else None,
-        "class_mids": list(class_mids) if class_mids is not None else None,
-    }
-    _write_shard(out, 0, rows, tensors)
-    _atomic_write_text(out / MINING_JSON, json.dumps(meta, indent=2) + "\n")
-    return out
+    from sed.data import ClassList, open_weak_dataset
 
-
-# ----------------------------------------------------------------------------------------------
-# reading a manifest
-# ----------------------------------------------------------------------------------------------
-@dataclass
-class Manifest:
-    """All mined segments of a finished run.
-
-    Attributes:
-        segments: one row per segment (:data:`MANIFEST_COLUMNS` less ``row``), ``clip_labels`` parsed to tuples.
-        latents: ``(segments, D)`` float32.
-        audio: ``(segments, S)`` float32 when the run stored audio, else None; ``audio_length`` ``(segments,)``.
-        sample_rate: the detector rate the times and stored audio refer to.
-        class_names: class names of the detector's label space (None if unknown).
-        class_mids: AudioSet MIDs of those classes when the dataset had them (for the ontology).
-    """
-
-    segments: pd.DataFrame
-    latents: torch.Tensor
-    sample_rate: int
-    class_names: list[str] | None = None
-    class_mids: list[str] | None = None
-    audio: torch.Tensor | None = None
-    audio_length: torch.Tensor | None = None
-    config: dict[str, Any] = field(default_factory=dict)
-
-    def __len__(self) -> int:
-        return len(self.segments)
-
-
-def load_manifest(out_dir: str | os.PathLike) -> Manifest:
-    """Read every shard of a finished mining run, in shard order."""
-    out = Path(out_dir)
-    meta_path = out / MINING_JSON
-    if not meta_path.is_file():
-        raise MiningError(f"{out} is not a mining output folder ({MINING_JSON} is missing)")
-    meta = json.loads(meta_path.read_text())
-    missing = [s for s in range(meta["num_shards"]) if not _shard_done(out, s)]
-    if missing:
-        raise MiningError(
-            f"{out}: mining is incomplete, {len(missing)} of {meta['num_shards']} shards missing "
-            f"(first {missing[:5]}); run the same `qsep mine` again to finish it"
-        )
-    frames, lats, audios, lengths = [], [], [], []
-    for s in range(meta["num_shards"]):
-        csv_path, st_path = shard_paths(out, s)
-        df = pd.read_csv(csv_path, dtype={"clip_id": str, "audio_path": str, "clip_labels": str, "label_name": str},
-                         keep_default_na=False)
-        t = load_file(str(st_path))
-        if len(df) != t["latent"].shape[0]:
-            raise MiningError(f"{csv_path}: {len(df)} rows but {t['latent'].shape[0]} latents; delete both files and rerun")
-        if len(df):
-            frames.append(df)
-            lats.append(t["latent"])
-            if "audio" in t:
-                audios.append(t["audio"])
-                lengths.append(t["audio_length"])
-    if not frames:
-        raise MiningError(f"{out}: no segments were mined (no positive labels, or min_prob too high)")
-    seg = pd.concat(frames, ignore_index=True).drop(columns=["row"])
-    seg["clip_labels"] = [tuple(int(x) for x in str(v).split(";") if x != "") for v in seg["clip_labels"]]
-    return Manifest(
-        segments=seg,
-        latents=torch.cat(lats),
-        sample_rate=int(meta["sample_rate"]),
-        class_names=meta.get("class_names"),
-        class_mids=meta.get("class_mids"),
-        audio=torch.cat(audios) if audios else None,
-        audio_length=torch.cat(lengths) if lengths else None,
-        config=meta.get("config", {}),
-    )
+    if class_labels:
+        classes = ClassList.from_csv(class_labels)
+    elif getattr(detector, "class_names", None):
+        classes = ClassList(tuple(detector.class_names))
+    else:
+        classes = None
+    return open_weak_dataset(data, format=format, classes=classes, sample_rate=detector.cfg.sample_rate,
+                             clip_samples=detector.cfg.clip_samples, crop="start", audio_dir=audio_dir)

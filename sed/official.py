@@ -21,8 +21,9 @@ from typing import Any, Mapping
 
 import torch
 
-from separator.checkpoint import CheckpointError, Component, file_sha256, save_model
-from separator.config import to_dict
+from qsep_core.checkpoint import CheckpointError, Component, file_sha256, save_model
+from qsep_core.config import to_dict
+from sed import COMPONENT_BUILDERS
 from sed.config import htsat_config
 from sed.features import stft_kernels
 
@@ -185,7 +186,7 @@ def _import(ckpt: str | os.PathLike, out_dir: str | os.PathLike, preset: str, pr
         "source_sha256": file_sha256(ckpt),
         "source_prefix": prefix,
     }
-    return save_model(out_dir, {COMPONENT: comp}, metadata=metadata, overwrite=overwrite)
+    return save_model(out_dir, {COMPONENT: comp}, metadata=metadata, overwrite=overwrite, kinds=COMPONENT_BUILDERS)
 
 
 def import_htsat(ckpt: str | os.PathLike, out_dir: str | os.PathLike, trust_pickle: bool = False,

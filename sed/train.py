@@ -60,15 +60,15 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
-from separator.config import ConfigError, load_config, to_dict
+from qsep_core.config import ConfigError, load_config, to_dict, upgrade_fields
+from qsep_core.extras import require
 from sed.data import (
-    AudioSetDataset,
+    DATA_FORMATS,
     ClassList,
-    HDF5PackDataset,
-    ManifestDataset,
     WeakLabelDataset,
     BalancedClassSampler,
     manifest_classes,
+    open_weak_dataset,
 )
 
 __all__ = [
@@ -185,7 +185,7 @@ class SEDTrainingConfig:
             raise ConfigError(f"lr_schedule must be official, warmup_cosine or warmup_constant, got {self.lr_schedule!r}")
         if self.mixup_alpha < 0:
             raise ConfigError(f"mixup_alpha must be >= 0, got {self.mixup_alpha}")
-        if self.data.format not in ("audioset", "hdf5", "manifest"):
+        if self.data.format not in DATA_FORMATS:
             raise ConfigError(f"data.format must be audioset, hdf5 or manifest, got {self.data.format!r}")
         if self.data.crop not in ("start", "center", "random"):
             raise ConfigError(f"data.crop must be start, center or random, got {self.data.crop!r}")
@@ -494,8 +494,7 @@ def build_classes(cfg: SEDDataConfig) -> ClassList:
             raise ConfigError("data.train (the training manifest) is not set")
         return manifest_classes(cfg.train)
     if cfg.format == "hdf5":
-        import h5py
-
+        h5py = require("h5py", "hdf5", "reading HDF5 packs")
         first = cfg.train[0] if isinstance(cfg.train, (list, tuple)) else cfg.train
         if not first or not Path(first).is_file():
             raise ConfigError(f"data.train: HDF5 pack not found: {first}")
@@ -512,14 +511,11 @@ def build_dataset(cfg: SEDDataConfig, split: str, classes: ClassList, sample_rat
             raise ConfigError("data.train is not set")
         return None
     crop = cfg.crop if split == "train" else "start"
-    if cfg.format == "audioset":
-        folder = getattr(cfg, f"{split}_audio_dir")
-        if not folder:
-            raise ConfigError(f"data.{split}_audio_dir (folder of the {split} clips) is not set")
-        return AudioSetDataset(src, folder, classes, sample_rate, clip_samples, crop=crop, seed=seed)
-    if cfg.format == "hdf5":
-        return HDF5PackDataset(src, classes, sample_rate, clip_samples, crop=crop, seed=seed, pack_sample_rate=cfg.pack_sample_rate)
-    return ManifestDataset(src, classes, sample_rate, clip_samples, crop=crop, seed=seed)
+    folder = getattr(cfg, f"{split}_audio_dir")
+    if cfg.format == "audioset" and not folder:
+        raise ConfigError(f"data.{split}_audio_dir (folder of the {split} clips) is not set")
+    return open_weak_dataset(src, format=cfg.format, classes=classes, sample_rate=sample_rate, clip_samples=clip_samples,
+                             crop=crop, seed=seed, audio_dir=folder, pack_sample_rate=cfg.pack_sample_rate)
 
 
 def build_datasets(cfg: SEDTrainingConfig, classes: ClassList, sample_rate: int, clip_samples: int) -> tuple[WeakLabelDataset, WeakLabelDataset | None]:
@@ -653,10 +649,11 @@ def _init_weights(spec: NetworkSpec, folder: str) -> list[str]:
     (e.g. AudioSet's 527 -> your own labels), the weights whose shape depends on it (the
     token-semantic head) keep their fresh initialisation. Returns the names of those weights.
     """
-    from separator.checkpoint import ModelFolder
+    from qsep_core.checkpoint import ModelFolder
+    from sed.config import HTSATConfig
 
     mf = ModelFolder(folder)
-    src_cfg = mf.component_config(DETECTOR_COMPONENT)
+    src_cfg = upgrade_fields(HTSATConfig, mf.component_config(DETECTOR_COMPONENT))  # folders written before a field rename
     differ = sorted(k for k in set(src_cfg) | set(spec.config) if k != "num_classes" and src_cfg.get(k) != spec.config.get(k))
     if differ:
         raise ConfigError(
@@ -699,7 +696,7 @@ def train_sed(cfg: SEDTrainingConfig, network_factory: NetworkFactory | None = N
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger
 
-    from separator.checkpoint import Component, save_model
+    from qsep_core.checkpoint import Component, save_model
 
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     out = Path(cfg.out_dir)

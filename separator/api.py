@@ -19,7 +19,7 @@ How inputs are handled:
   (to float rounding).
 * Long inputs are cut into overlapping chunks (``segment`` seconds, ``overlap``
   fraction), cross-faded with a Hann taper and normalised by the summed
-  weights (:func:`separator.dsp.chunked_apply`). Nothing is dropped at the tail.
+  weights (:func:`qsep_core.dsp.chunked_apply`). Nothing is dropped at the tail.
   The segment is rounded to the nearest length the U-Net runs without padding,
   and an input shorter than a segment is one chunk of its own length (``snap_segment``).
 * :meth:`Separator.from_pretrained` prepares the model it loads for inference
@@ -32,56 +32,45 @@ import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import torch
 
-from separator import audio
-from separator import audio as audio_mod
+from qsep_core import audio as audio_io
+from qsep_core.dsp import chunked_apply, chunked_apply_stream
 from separator.checkpoint import CheckpointError, ModelFolder
+from separator.defaults import DEFAULT_BATCH_SIZE, DEFAULT_FILENAME, DEFAULT_OVERLAP, DEFAULT_SEGMENT, RESIDUAL_PREFIX
 from separator.models import prepare_for_inference
-from separator.dsp import chunked_apply, chunked_apply_stream
+
+if TYPE_CHECKING:
+    from separator.query.compose import ConditionResult
 
 __all__ = [
     "Separator", "SeparationResult", "DEFAULT_SEGMENT", "DEFAULT_OVERLAP", "DEFAULT_BATCH_SIZE",
     "DEFAULT_FILENAME", "resolve_device", "check_bf16", "slugify", "output_path",
 ]
 
-# Defaults, from a measurement (2026-11): SI-SDR of chunked vs unchunked output of the same
-# model (zsass with the fixture's synthetic official weights on 8 s of tones + chirp + noise;
-# resunet_film_small with random weights on 30 s). Without overlap the chunk seams cost
-# agreement: 39 / 42 / 48 dB (zsass, 1 / 2 / 4-s segments), 32 / 35 / 38 / 40 / 43 dB
-# (small, 1 / 2 / 4 / 6 / 10 s). A 25% Hann cross-fade lifts every case to 48-72 dB for
-# 1.33x the compute; 10% already gives ~54 dB on the small model. On the TRAINED shipped model
-# (qsep-starter, 2026-11-23: the first 30 s of 3 test tracks x vocals/drums/bass text queries,
-# 6.075-s chunks vs one 30-s chunk) the agreement is 32.1 / 33.9 / 33.6 dB median (26.7 / 27.4 /
-# 27.7 dB worst) for overlap 0 / 0.1 / 0.25: far above the model's own error, and 0.1 is as good
-# as 0.25 for 1.11x instead of 1.33x the compute, so 0.1 is the default. Longer segments mean
-# fewer seams and more context, but activation memory grows with the segment (zsass: ~0.5 GB
-# per 6-s mono chunk once prepared for inference), so 6 s with one chunk per call is the default.
-#: chunk length in seconds (rounded to the model's padding-free length, see ``snap_segment``)
-DEFAULT_SEGMENT = 6.0
-#: fraction of a chunk shared with the next one
-DEFAULT_OVERLAP = 0.1
-#: chunks per model call (each chunk carries all channels); raise it on a GPU
-DEFAULT_BATCH_SIZE = 1
-
 Progress = Callable[[int, int], None]
-#: output file name template of :meth:`Separator.separate_file` and ``qsep separate``
-DEFAULT_FILENAME = "{track}/{query}.{ext}"
-#: prefix of the residual's ``{query}`` name (Demucs' ``--two-stems`` convention: ``no_vocals``)
-RESIDUAL_PREFIX = "no_"
 
 
 def check_bf16(device: torch.device) -> None:
-    """Raise ``ValueError`` when bfloat16 compute would not pay off on ``device``: a CPU without
-    native bf16 instructions (AVX512-BF16 / AMX) emulates it, slower than float32."""
+    """Check that bfloat16 compute pays off on ``device``.
+
+    Raises:
+        ValueError: ``device`` is a CPU without native bf16 instructions (AVX512-BF16 / AMX), which
+            emulates it, slower than float32.
+    """
     if device.type == "cpu" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
         raise ValueError("bf16 on this CPU is emulated (no AVX512-BF16/AMX) and slower than float32; drop --bf16")
 
 
 def resolve_device(device: torch.device | str | None = "auto") -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU; asking for CUDA without it is an error that says so."""
+    """``"auto"`` -> CUDA when available, else CPU; any other value as :class:`torch.device`.
+
+    Raises:
+        RuntimeError: CUDA is asked for but not available (the message says what torch was built for).
+        RuntimeError (torch): ``device`` is not a device string.
+    """
     if device is None or str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(device)
@@ -105,6 +94,9 @@ def output_path(out_dir: str | os.PathLike, template: str, track: str, query: st
 
     The template may use ``{track}`` (input file stem), ``{query}`` (slug of the query; the residual is
     ``no_<query>``) and ``{ext}``; it must contain ``{query}`` so outputs of different queries differ.
+
+    Raises:
+        ValueError: the template lacks ``{query}``, uses an unknown field, or leaves the output folder.
     """
     if "{query}" not in template:
         raise ValueError(f"--filename template {template!r} must contain {{query}} (else every query writes the same file)")
@@ -125,8 +117,8 @@ class SeparationResult:
     target: torch.Tensor
     residual: torch.Tensor
     sample_rate: int
-    #: how the query became a condition (:class:`separator.query.ConditionResult`), when a query was given
-    query: Any = None
+    #: how the query became a condition, when a query (not a bare condition tensor) was given
+    query: ConditionResult | None = None
 
 
 class Separator:
@@ -185,6 +177,10 @@ class Separator:
             device: ``"auto"`` (CUDA if available, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
 
         Extra keyword arguments go to the constructor (segment, overlap, batch_size, bf16).
+
+        Raises:
+            CheckpointError: the model is not found, malformed, or holds no ``query_unet`` ``component``.
+            RuntimeError: CUDA was asked for but is not available.
         """
         device = resolve_device(device)
         folder = cls.open_model(path, component)
@@ -194,7 +190,11 @@ class Separator:
 
     @staticmethod
     def open_model(path: str | os.PathLike | None = None, component: str = "separator") -> ModelFolder:
-        """Resolve ``path`` as :meth:`from_pretrained` does and check it holds a separator; loads no weights."""
+        """Resolve ``path`` as :meth:`from_pretrained` does and check it holds a separator; loads no weights.
+
+        Raises:
+            CheckpointError: the model is not found, malformed, or holds no ``query_unet`` ``component``.
+        """
         from separator.hub import resolve_model
 
         folder = ModelFolder(resolve_model(path))
@@ -263,6 +263,11 @@ class Separator:
         Several positives (texts, the audio files as one example set, labels, embedding files) are
         combined with ``weights``; ``negative`` texts are removed by condition arithmetic
         (:mod:`separator.query.compose`).
+
+        Raises:
+            separator.query.QueryError: an empty or malformed query, or one the model's encoders cannot encode.
+            qsep_core.audio.AudioError: an example recording cannot be read.
+            CheckpointError: the separator was built in memory (no encoders), or an encoder does not load.
         """
         from separator.query import Query
 
@@ -290,24 +295,36 @@ class Separator:
         ``qsep embed``), alone or combined, with optional ``negative=`` texts; or a ready ``condition``
         (a tensor, or the result of :meth:`encode_query`). ``chunking`` goes to :meth:`separate_condition`
         (segment, overlap, batch_size, progress). Target and residual come back shaped like the input.
+
+        Raises:
+            ValueError: both a condition and a query, a condition of the wrong size, or a malformed waveform.
+            separator.query.QueryError: no query at all, or one that cannot be encoded (see :meth:`encode_query`).
+            qsep_core.audio.EmptyAudioError, qsep_core.audio.NonFiniteAudioError: the waveform is empty or not finite.
         """
-        cond_result = self._resolve_condition(condition, text, audio, label, embedding, negative, weights)
-        vec = cond_result.condition if hasattr(cond_result, "condition") else cond_result
+        vec, result = self._resolve_condition(condition, text, audio, label, embedding, negative, weights)
         res = self.separate_condition(waveform, sample_rate, vec, **chunking)
-        res.query = cond_result if hasattr(cond_result, "condition") else None
+        res.query = result
         return res
 
-    def _resolve_condition(self, condition, text, audio, label, embedding, negative, weights):
+    def _resolve_condition(self, condition, text, audio, label, embedding, negative,
+                           weights) -> tuple[torch.Tensor, ConditionResult | None]:
+        """``(condition vector, how it was encoded)``; the second is None for a bare condition tensor."""
+        from separator.query.compose import ConditionResult
+
         has_query = any(q is not None for q in (text, audio, label, embedding))
         if condition is not None:
             if has_query:
                 raise ValueError("give either condition= or a query (text/audio/label/embedding), not both")
-            return condition
+            if isinstance(condition, ConditionResult):
+                return condition.condition, condition
+            return condition, None
         if not has_query:
             from separator.query import QueryError
 
             raise QueryError("empty query: give text=, audio=, label= or embedding= (or a condition)")
-        return self.encode_query(text=text, audio=audio, label=label, embedding=embedding, negative=negative, weights=weights)
+        result = self.encode_query(text=text, audio=audio, label=label, embedding=embedding, negative=negative,
+                                   weights=weights)
+        return result.condition, result
 
     def separate_file(
         self,
@@ -333,11 +350,15 @@ class Separator:
         Returns ``{"target": Path, "residual": Path | None, "writers": {...}, "query": ConditionResult | None}``.
         The writers' ``clipped``/``peak`` tell whether integer output had to clip (use ``bit_depth="32f"``
         to keep overs). Existing outputs are never replaced unless ``overwrite``.
+
+        Raises:
+            qsep_core.audio.AudioWriteError: an output exists (without ``overwrite``) or cannot be written.
+            qsep_core.audio.AudioError: the input cannot be read.
+            ValueError, separator.query.QueryError: as :meth:`separate`.
         """
-        cond_result = self._resolve_condition(condition, text, audio, label, embedding, negative, weights)
-        vec = cond_result.condition if hasattr(cond_result, "condition") else cond_result
+        vec, result = self._resolve_condition(condition, text, audio, label, embedding, negative, weights)
         if name is None:
-            name = cond_result.query.short_name() if hasattr(cond_result, "query") else "condition"
+            name = result.query.short_name() if result is not None else "condition"
         ext = format.lower().lstrip(".")
         track = Path(path).stem
         target_path = output_path(out_dir, filename, track, slugify(name), ext)
@@ -346,12 +367,11 @@ class Separator:
             if p is None:
                 continue
             if p.exists() and not overwrite:
-                raise audio_mod.AudioWriteError(f"{p} exists; refusing to overwrite it (pass overwrite=True / --overwrite)")
+                raise audio_io.AudioWriteError(f"{p} exists; refusing to overwrite it (pass overwrite=True / --overwrite)")
             p.parent.mkdir(parents=True, exist_ok=True)
         writers = self.separate_file_condition(path, target_path, residual_path, vec, bit_depth=bit_depth,
                                                overwrite=overwrite, **chunking)
-        return {"target": target_path, "residual": residual_path, "writers": writers,
-                "query": cond_result if hasattr(cond_result, "condition") else None}
+        return {"target": target_path, "residual": residual_path, "writers": writers, "query": result}
 
     # ------------------------------------------------------------------ core
     def _condition(self, condition: torch.Tensor) -> torch.Tensor:
@@ -374,16 +394,16 @@ class Separator:
         return torch.autocast(self.device.type, dtype=torch.bfloat16)
 
     def _chunk_fn(self, cond: torch.Tensor, in_rate: int) -> Callable[[torch.Tensor], torch.Tensor]:
-        """Chunk function for :mod:`separator.dsp.chunked`: ``(n, C, L)`` at ``in_rate`` -> ``(n, 2, C, L)`` (target, residual)."""
+        """Chunk function for :mod:`qsep_core.dsp.chunked`: ``(n, C, L)`` at ``in_rate`` -> ``(n, 2, C, L)`` (target, residual)."""
         model_rate = self.sample_rate
 
         def fn(x: torch.Tensor) -> torch.Tensor:
             n, channels, length = x.shape
             mix = x.to(self.device, torch.float32).reshape(n * channels, 1, length)  # (n*C, 1, L)
-            y = audio.resample(mix, in_rate, model_rate)  # (n*C, 1, L')
+            y = audio_io.resample(mix, in_rate, model_rate)  # (n*C, 1, L')
             with self._autocast():
                 y = self.model(y, cond.expand(y.shape[0], -1))
-            y = audio.resample(y.float(), model_rate, in_rate)[..., :length]  # (n*C, 1, <=L)
+            y = audio_io.resample(y.float(), model_rate, in_rate)[..., :length]  # (n*C, 1, <=L)
             if y.shape[-1] < length:
                 y = torch.nn.functional.pad(y, (0, length - y.shape[-1]))
             target = y.reshape(n, channels, length)
@@ -435,15 +455,20 @@ class Separator:
         Returns:
             :class:`SeparationResult` with ``target`` and ``residual`` shaped like
             ``waveform`` (float32, CPU) at ``sample_rate``.
+
+        Raises:
+            ValueError: a waveform that is not 1-d or 2-d, a non-positive rate or segment, or a condition
+                of the wrong shape or not finite.
+            qsep_core.audio.EmptyAudioError, qsep_core.audio.NonFiniteAudioError: the waveform is empty or not finite.
         """
         wav = torch.as_tensor(waveform)
         if wav.dim() not in (1, 2):
             raise ValueError(f"waveform must be (channels, time) or (time,), got shape {tuple(wav.shape)}")
         if wav.shape[-1] == 0:
-            raise audio.EmptyAudioError("waveform holds no samples")
+            raise audio_io.EmptyAudioError("waveform holds no samples")
         if int(sample_rate) <= 0:
             raise ValueError(f"sample_rate must be positive, got {sample_rate}")
-        audio.check_finite(wav, "waveform")
+        audio_io.check_finite(wav, "waveform")
         if device is not None:
             self.to(device)
         mono = wav.dim() == 1
@@ -471,23 +496,27 @@ class Separator:
         progress: Progress | None = None,
         bit_depth: str = "16",
         overwrite: bool = True,
-    ) -> dict[str, audio.AudioWriter]:
+    ) -> dict[str, audio_io.AudioWriter]:
         """Stream ``in_path`` through the separator into target and/or residual files.
 
         Memory does not grow with the file length (blocks are read and written as
         the chunks finish). Outputs keep the input's rate and channel count and are
         written atomically. Returns the writers (``"target"`` / ``"residual"``),
         whose ``clipped`` / ``peak`` attributes let the caller report clipping.
+
+        Raises:
+            ValueError: no output path, or a condition of the wrong shape.
+            qsep_core.audio.AudioError: the input cannot be read, or an output cannot be written.
         """
         if out_path_target is None and out_path_residual is None:
             raise ValueError("give out_path_target and/or out_path_residual")
         if device is not None:
             self.to(device)
         cond = self._condition(condition)
-        with audio.AudioReader(in_path) as reader:
+        with audio_io.AudioReader(in_path) as reader:
             rate, channels = reader.sample_rate, reader.channels
             writers = {
-                name: audio.AudioWriter(path, rate, channels, bit_depth=bit_depth, overwrite=overwrite)
+                name: audio_io.AudioWriter(path, rate, channels, bit_depth=bit_depth, overwrite=overwrite)
                 for name, path in (("target", out_path_target), ("residual", out_path_residual)) if path is not None
             }
             seg, ov, bs = self._chunking(rate, reader.frames, segment, overlap, batch_size)

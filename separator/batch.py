@@ -32,7 +32,7 @@ class SeparationJob:
 
     def check_template(self) -> None:
         """Raise ValueError now (before any work) if the file name template is unusable."""
-        from separator.audio import check_output_format
+        from qsep_core.audio import check_output_format
 
         check_output_format(self.fmt, self.bit_depth)
         output_path(self.out_dir, self.filename, "track", "query", self.fmt)
@@ -87,7 +87,7 @@ def plan_queries(
 
 
 def _one(sep: Separator, path: Path, name: str, condition: Any, job: SeparationJob, progress: Any) -> JobResult:
-    from separator import audio
+    from qsep_core import audio
 
     res = JobResult(path, name)
     try:

@@ -12,6 +12,10 @@ from typing import NoReturn, Optional
 import typer
 from rich.console import Console
 
+from qsep_core.constants import ANCHOR_SECONDS
+from separator.defaults import DEFAULT_BATCH_SIZE, DEFAULT_FILENAME, DEFAULT_OVERLAP, DEFAULT_SEGMENT
+from separator.importers import IMPORTERS
+
 app = typer.Typer(
     name="qsep",
     help="Query-based universal audio source separation: name a sound (text, example audio or label), get it out of a mixture.",
@@ -43,7 +47,7 @@ def not_built(command: str) -> NoReturn:
 
 def _version_callback(value: bool) -> None:
     if value:
-        from separator.checkpoint import qsep_version
+        from qsep_core.checkpoint import qsep_version
 
         typer.echo(f"qsep {qsep_version()}")
         raise typer.Exit()
@@ -66,11 +70,11 @@ def separate(
     embedding: list[Path] = typer.Option([], "--embedding", "-e", help="Saved condition from `qsep embed` (no encoder is loaded). Repeatable."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Model folder, name in the model search path, or owner/repo on the HF Hub. Default: the shipped model."),
     out: Path = typer.Option(Path("separated"), "--out", "-o", help="Output folder."),
-    filename: str = typer.Option("{track}/{query}.{ext}", "--filename", help="Output path template inside --out: {track}, {query}, {ext}. The residual's {query} is no_<query>."),
+    filename: str = typer.Option(DEFAULT_FILENAME, "--filename", help="Output path template inside --out: {track}, {query}, {ext}. The residual's {query} is no_<query>."),
     residual: bool = typer.Option(True, "--residual/--no-residual", help="Also write the residual (mixture minus target)."),
-    segment: Optional[float] = typer.Option(None, "--segment", help="Chunk length in seconds (default 6, rounded to the nearest length the model runs without padding)."),
-    overlap: Optional[float] = typer.Option(None, "--overlap", help="Chunk overlap as a fraction in [0, 1) (default 0.1)."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Chunks per model call (default 1; raise on a GPU)."),
+    segment: Optional[float] = typer.Option(None, "--segment", help=f"Chunk length in seconds (default {DEFAULT_SEGMENT:g}, rounded to the nearest length the model runs without padding)."),
+    overlap: Optional[float] = typer.Option(None, "--overlap", help=f"Chunk overlap as a fraction in [0, 1) (default {DEFAULT_OVERLAP:g})."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help=f"Chunks per model call (default {DEFAULT_BATCH_SIZE}; raise on a GPU)."),
     device: str = typer.Option("auto", "--device", "-d", help="auto, cpu, cuda or cuda:N."),
     bf16: bool = typer.Option(False, "--bf16", help="bfloat16 compute (GPUs; CPUs with AVX512-BF16/AMX): faster, ~65 dB from float32."),
     fmt: str = typer.Option("wav", "--format", help="Output format: wav or flac."),
@@ -90,7 +94,7 @@ def separate(
     queries = plan_queries(text, query_audio, label, embedding, negative)
     if not queries:
         fail("empty query: give at least one --text, --query-audio, --label or --embedding")
-    from separator import audio as audio_io
+    from qsep_core import audio as audio_io
 
     files, problems = audio_io.collect_audio_files(inputs)
     for msg in problems:
@@ -160,8 +164,8 @@ def _check_bf16(dev) -> None:
 
 def _open_separator_model(model: Optional[str]):
     """The model folder ``--model`` names (checked to hold a separator), or exit with the reason."""
+    from qsep_core.checkpoint import CheckpointError
     from separator.api import Separator
-    from separator.checkpoint import CheckpointError
 
     try:
         return Separator.open_model(model)
@@ -171,8 +175,8 @@ def _open_separator_model(model: Optional[str]):
 
 def _load_separator(model: Optional[str], device: str, segment: Optional[float], overlap: Optional[float],
                     batch_size: Optional[int], bf16: bool = False):
+    from qsep_core.checkpoint import CheckpointError
     from separator.api import Separator
-    from separator.checkpoint import CheckpointError
 
     dev = _device(device)
     if bf16:
@@ -210,8 +214,9 @@ def detect(
     """Detect sound events in files with an HTS-AT model (label, start, end, confidence)."""
     import json
 
-    from separator.audio import AudioError
-    from separator.checkpoint import CheckpointError
+    from qsep_core.audio import AudioError
+    from qsep_core.checkpoint import CheckpointError
+    from qsep_core.extras import MissingExtraError
 
     import sed
     from sed.detect import detect_file, plot_detection
@@ -235,6 +240,8 @@ def detect(
             target = plot if len(files) == 1 else plot.with_name(f"{plot.stem}_{Path(f).stem}{plot.suffix or '.png'}")
             try:
                 plot_detection(det, target, class_names=detector.class_names)
+            except MissingExtraError as exc:
+                fail(str(exc))
             except OSError as exc:
                 fail(f"cannot write the plot {target}: {exc}")
         if not json_out:
@@ -272,9 +279,9 @@ def embed(
 
     Reuse it with `qsep separate --embedding FILE` (no encoder is loaded then).
     """
-    from separator.audio import AudioError
-    from separator.checkpoint import CheckpointError
-    from separator.config import ConfigError
+    from qsep_core.audio import AudioError
+    from qsep_core.checkpoint import CheckpointError
+    from qsep_core.config import ConfigError
     from separator.query.compose import Query, QueryEncoder, save_condition
     from separator.query.errors import QueryError
 
@@ -309,7 +316,7 @@ def mine(
     audio_dir: str = typer.Option(None, "--audio-dir", help="AudioSet format: folder holding the clips."),
     class_labels: str = typer.Option(None, "--class-labels", help="class_labels_indices.csv (AudioSet / HDF5). Default: the detector's class names."),
     config: str = typer.Option(None, "--config", "-c", help="YAML of mining options (e.g. configs/mine_audioset.yaml); the options below override it."),
-    segment_seconds: float = typer.Option(None, "--segment-seconds", help="Anchor length in seconds (default 2, official)."),
+    segment_seconds: float = typer.Option(None, "--segment-seconds", help=f"Anchor length in seconds (default {ANCHOR_SECONDS:g}, official)."),
     min_prob: float = typer.Option(None, "--min-prob", help="Keep only anchors whose mean probability is at least this (default: none, official)."),
     max_anchors: int = typer.Option(None, "--max-anchors", min=1, help="Non-overlapping anchors per (clip, label) (default 1)."),
     shard_size: int = typer.Option(None, "--shard-size", min=1, help="Clips per shard (default 1000)."),
@@ -317,7 +324,7 @@ def mine(
     num_workers: int = typer.Option(None, "--num-workers", min=0, help="DataLoader workers (default 0)."),
     store_audio: bool = typer.Option(None, "--store-audio/--no-store-audio", help="Store the anchor audio in the shards (needed for HDF5 packs)."),
     accelerator: str = typer.Option(None, "--accelerator", help="auto, cpu or gpu."),
-    devices: str = typer.Option(None, "--devices", help="Devices per node (a number or auto); >1 runs DDP."),
+    devices: str = typer.Option(None, "--devices", help="Devices per node: a number, a list like 0,1, or auto; >1 runs DDP."),
     num_nodes: int = typer.Option(None, "--num-nodes", min=1, help="Nodes for multi-node DDP."),
 ) -> None:
     """Mine anchor segments from weakly labeled clips with a sound event detector.
@@ -325,54 +332,34 @@ def mine(
     Writes shards of a segment manifest (clip, label, start, end, confidence, latent) for
     `qsep train separator`. A killed run restarts where it stopped.
     """
-    from separator.audio import AudioError
-    from separator.checkpoint import CheckpointError
-    from separator.config import ConfigError, from_dict, load_yaml
+    from qsep_core.audio import AudioError
+    from qsep_core.checkpoint import CheckpointError
+    from qsep_core.config import ConfigError, from_dict, load_yaml
+    from qsep_core.extras import MissingExtraError
+    from qsep_core.manifest import ManifestError, load_manifest
 
     import sed
     from sed.data import DatasetError
-    from sed.mining import MiningConfig, MiningError, load_manifest, mine as run
+    from sed.mining import MiningConfig, mine as run, mining_dataset
 
     if ctx.args:
         fail(f"unexpected arguments {ctx.args}; see `qsep mine --help`")
     try:
         fields = load_yaml(config) if config else {}
-        given = dict(segment_seconds=segment_seconds, min_prob=min_prob, max_anchors=max_anchors, shard_size=shard_size,
-                     batch_size=batch_size, num_workers=num_workers, store_audio=store_audio, accelerator=accelerator,
-                     num_nodes=num_nodes, devices=(int(devices) if devices and devices.isdigit() else devices))
-        fields.update({k: v for k, v in given.items() if v is not None})
+        fields.update(_given(segment_seconds=segment_seconds, min_prob=min_prob, max_anchors=max_anchors,
+                             shard_size=shard_size, batch_size=batch_size, num_workers=num_workers,
+                             store_audio=store_audio, accelerator=accelerator, num_nodes=num_nodes,
+                             devices=_devices(devices)))
         fields.setdefault("progress", True)
         cfg = from_dict(MiningConfig, fields)
         model = sed.load_detector(detector)
-        dataset = _mining_dataset(data, data_format, audio_dir, class_labels, model)
+        dataset = mining_dataset(data, model, format=data_format, audio_dir=audio_dir, class_labels=class_labels)
         folder = run(model, dataset, out, cfg, sample_rate=model.cfg.sample_rate)
         manifest = load_manifest(folder)
-    except (CheckpointError, ConfigError, DatasetError, AudioError, MiningError, FileNotFoundError) as exc:
+    except (CheckpointError, ConfigError, DatasetError, AudioError, ManifestError, MissingExtraError,
+            FileNotFoundError) as exc:
         fail(str(exc))
     console.print(f"mined {len(manifest)} segments from {len(dataset)} clips into {folder}", highlight=False)
-
-
-def _mining_dataset(data: str, data_format: str | None, audio_dir: str | None, class_labels: str | None, model):
-    """The weak-label dataset ``qsep mine`` reads, at the detector's rate and clip length."""
-    from sed.data import AudioSetDataset, ClassList, HDF5PackDataset, ManifestDataset
-
-    fmt = data_format or ("hdf5" if data.endswith((".h5", ".hdf5")) else ("audioset" if audio_dir else "manifest"))
-    if class_labels:
-        classes = ClassList.from_csv(class_labels)
-    elif getattr(model, "class_names", None):
-        classes = ClassList(tuple(model.class_names))
-    else:
-        classes = None
-    rate, clip = model.cfg.sample_rate, model.cfg.clip_samples
-    if fmt == "manifest":
-        return ManifestDataset(data, classes, rate, clip, crop="start")
-    if fmt == "hdf5":
-        return HDF5PackDataset(data, classes, rate, clip, crop="start")
-    if fmt == "audioset":
-        if not audio_dir or classes is None:
-            fail("the audioset format needs --audio-dir and class names (--class-labels or a detector with class names)")
-        return AudioSetDataset(data, audio_dir, classes, rate, clip, crop="start")
-    fail(f"--format must be manifest, hdf5 or audioset, got {fmt!r}")
 
 
 @app.command()
@@ -404,9 +391,24 @@ def models(
     Console().print(table)
 
 
+def _given(**options):
+    """The options the user gave (not None), as config field overrides."""
+    return {k: v for k, v in options.items() if v is not None}
+
+
+def _devices(text: Optional[str]):
+    """``--devices``: ``"2"`` -> 2, ``"0,1"`` -> [0, 1], ``"auto"`` -> ``"auto"`` (None: not given)."""
+    if text is None:
+        return None
+    d = text.strip()
+    if d.isdigit():
+        return int(d)
+    return [int(x) for x in d.split(",") if x] if "," in d else d
+
+
 def _parse_overrides(items: list[str]) -> dict:
     """``["data.batch_size=8", "lr=3e-4"]`` -> ``{"data": {"batch_size": 8}, "lr": 0.0003}`` (values parsed as YAML)."""
-    from separator.config import ConfigError, nested_overrides
+    from qsep_core.config import ConfigError, nested_overrides
 
     for item in items:
         key, sep, _ = item.partition("=")
@@ -434,24 +436,20 @@ def train_sed(
 
     Extra arguments KEY=VALUE override config fields, e.g. `data.batch_size=8 lr=3e-4`.
     """
-    from separator.config import ConfigError
+    from qsep_core.config import ConfigError
 
     overrides = _parse_overrides(list(ctx.args))
-    for key, value in (("out_dir", out), ("accelerator", accelerator), ("max_steps", max_steps),
-                       ("precision", precision), ("num_nodes", num_nodes), ("resume", resume)):
-        if value is not None:
-            overrides[key] = value
-    if devices is not None:
-        d = devices.strip()
-        overrides["devices"] = int(d) if d.isdigit() else ([int(x) for x in d.split(",") if x] if "," in d else d)
+    overrides.update(_given(out_dir=out, accelerator=accelerator, max_steps=max_steps, precision=precision,
+                            num_nodes=num_nodes, resume=resume, devices=_devices(devices)))
     try:
-        from separator.audio import AudioError
+        from qsep_core.audio import AudioError
+        from qsep_core.extras import MissingExtraError
         from sed.data import DatasetError
         from sed.train import load_sed_config, train_sed as run
 
         cfg = load_sed_config(config, overrides)
         model_dir = run(cfg)
-    except (ConfigError, DatasetError, AudioError, FileNotFoundError) as exc:
+    except (ConfigError, DatasetError, AudioError, MissingExtraError, FileNotFoundError) as exc:
         fail(str(exc))
     console.print(f"exported the detector to {model_dir}", highlight=False)
 
@@ -475,26 +473,21 @@ def train_separator(
 
     Extra arguments KEY=VALUE (or --set KEY=VALUE) override config fields, e.g. `lr=3e-4 model.channels=[16,32]`.
     """
-    from separator.audio import AudioError
-    from separator.checkpoint import CheckpointError
-    from separator.config import ConfigError
-
-    from sed.mining import MiningError
+    from qsep_core.audio import AudioError
+    from qsep_core.checkpoint import CheckpointError
+    from qsep_core.config import ConfigError
+    from qsep_core.manifest import ManifestError
 
     overrides = _parse_overrides(list(ctx.args) + list(set_ or []))
-    for key, value in (("manifest", manifest), ("out_dir", out), ("detector", detector), ("accelerator", accelerator),
-                       ("num_nodes", num_nodes), ("max_steps", max_steps), ("precision", precision), ("resume", resume)):
-        if value is not None:
-            overrides[key] = value
-    if devices is not None:
-        d = devices.strip()
-        overrides["devices"] = int(d) if d.isdigit() else ([int(x) for x in d.split(",") if x] if "," in d else d)
+    overrides.update(_given(manifest=manifest, out_dir=out, detector=detector, accelerator=accelerator,
+                            num_nodes=num_nodes, max_steps=max_steps, precision=precision, resume=resume,
+                            devices=_devices(devices)))
     try:
         from separator.train import load_training_config, train_separator as run
 
         cfg = load_training_config(config, overrides)
         folder = run(cfg)
-    except (ConfigError, CheckpointError, MiningError, AudioError, FileNotFoundError) as exc:
+    except (ConfigError, CheckpointError, ManifestError, AudioError, FileNotFoundError) as exc:
         fail(str(exc))
     console.print(f"exported the separator to {folder}", highlight=False)
 
@@ -517,16 +510,14 @@ def train_text_projection(
     """
     import json
 
-    from separator.checkpoint import CheckpointError
-    from separator.config import ConfigError, load_config
+    from qsep_core.checkpoint import CheckpointError
+    from qsep_core.config import ConfigError, load_config
     from separator.query.errors import QueryError
     from separator.query.train import TextProjectionTrainConfig, train_text_projection as run
 
     overrides = _parse_overrides(list(ctx.args))
-    for key, value in (("model", model), ("out", out), ("manifest", manifest), ("latents", latents),
-                       ("steps", steps), ("device", device), ("overwrite", overwrite)):
-        if value is not None:
-            overrides[key] = value
+    overrides.update(_given(model=model, out=out, manifest=manifest, latents=latents, steps=steps, device=device,
+                            overwrite=overwrite))
     try:
         cfg = load_config(TextProjectionTrainConfig, config, overrides)
         metrics = run(cfg, log=lambda line: console.print(line, highlight=False))
@@ -548,24 +539,6 @@ def _progress_bar():
     return bar, update
 
 
-def _load_model(model: Path):
-    """A model folder as two callables: ``encode(text=|audio=|label=) -> condition`` and
-    ``separate(waveform (C, T), sample_rate, condition) -> (C, T)`` target estimate."""
-    from separator.api import Separator
-    from separator.query.compose import Query, QueryEncoder
-
-    sep = Separator.from_pretrained(model)
-    encoder = QueryEncoder.from_model(model)
-
-    def encode(**query):
-        return encoder.encode(Query.build(**query)).condition
-
-    def separate(wav, sample_rate, condition):
-        return sep.separate_condition(wav, sample_rate, condition).target
-
-    return encode, separate
-
-
 @evaluate_app.command("musdb")
 def evaluate_musdb(
     root: Path = typer.Argument(..., help="MUSDB18 folder holding train/ and test/ (.stem.mp4, or MUSDB18-HQ wav folders)."),
@@ -582,37 +555,18 @@ def evaluate_musdb(
     oracle: list[str] = typer.Option([], "--oracle", help="Oracle baseline(s) to add: mixture, irm (repeatable; no model needed)."),
 ) -> None:
     """Evaluate on MUSDB18 / MUSDB18-HQ (SiSEC18 or ZS-ASS protocol)."""
-    from separator.eval import estimators as est_mod
+    from qsep_core.checkpoint import CheckpointError
     from separator.eval import musdb as ev
     from separator.eval.deps import FfmpegNotFoundError
+    from separator.eval.run import run_musdb
 
-    if model is None and not oracle:
-        fail("nothing to evaluate: give --model DIR and/or --oracle mixture|irm")
+    bar, update = _progress_bar()
     try:
-        proto = ev.protocol_from_name(protocol)
-        estimators = [est_mod.oracle(kind) for kind in oracle]
-        if model is not None:
-            encode, separate = _load_model(model)
-            if text_queries:
-                from separator.eval.queries import DEFAULT_STEM_TEXTS
-
-                queries = {stem: encode(text=text) for stem, text in DEFAULT_STEM_TEXTS.items()}
-                name = "model-text"
-            else:
-                from separator.eval.queries import build_stem_queries
-
-                train = ev.select_tracks(ev.open_musdb(root, "train"))
-                queries = build_stem_queries(
-                    train, embed_files=lambda files: encode(audio=[str(f) for f in files]),
-                    query_dir=query_dir or out / "queries", embedder_id=str(Path(model).resolve()))
-                name = "model"
-            estimators.append(est_mod.ConditionEstimator(separate=separate, queries=queries, name=name,
-                                                         model_id=str(Path(model).resolve())))
-        bar, update = _progress_bar()
         with bar:
-            summary = ev.evaluate_musdb(root, estimators, out, protocol=proto, subset=subset, tracks=tracks,
-                                        duration=duration, jobs=jobs, save_estimates=save_estimates, progress=update)
-    except (FfmpegNotFoundError, OSError, ValueError, KeyError, ImportError) as err:
+            summary = run_musdb(root, out, model=model, oracles=oracle, protocol=protocol, subset=subset, tracks=tracks,
+                                duration=duration, text_queries=text_queries, query_dir=query_dir, jobs=jobs,
+                                save_estimates=save_estimates, progress=update)
+    except (FfmpegNotFoundError, CheckpointError, OSError, ValueError, KeyError, ImportError) as err:
         fail(str(err))
     typer.echo(ev.summary_markdown(summary))
     console.print(f"results in {out} (summary.json, summary.md)")
@@ -637,108 +591,48 @@ def evaluate_mixtures(
     out: Path = typer.Option(Path("mixtures_eval"), "--out", help="Output folder (mixture set, results JSON + markdown)."),
 ) -> None:
     """Evaluate on seeded two-source mixtures of a weak-label corpus (seen and held-out classes)."""
-    import json
-
-    from separator.eval import estimators as est_mod
+    from qsep_core.checkpoint import CheckpointError
     from separator.eval import mixtures as mx
+    from separator.eval.run import run_mixtures
 
-    if (model is None) == (oracle is None):
-        fail("give exactly one of --model DIR or --oracle mixture|irm")
-    if unrelated_text is not None and (query != "text" or oracle is not None):
-        fail("--unrelated-text is a control for --query text with a --model")
+    bar, update = _progress_bar()
     try:
-        items = mx.read_corpus(corpus)
-        wanted = _split_list(classes) if classes else sorted({lab for it in items for lab in it.labels})
-        held = _split_list(held_out)
-        config = mx.MixtureSetConfig(mixtures_per_class=per_class, seed=seed)
-        set_path = out / "mixture_set.json"
-        if set_path.is_file():
-            specs, query_audio, config = mx.load_mixture_set(set_path)
-            console.print(f"reusing the mixture set in {set_path}")
-        else:
-            specs, query_audio = mx.build_mixture_set(items, wanted, config)
-            mx.save_mixture_set(set_path, specs, query_audio, config)
-        if oracle is not None:
-            estimator = est_mod.oracle(oracle)
-        else:
-            if query not in mx.QUERY_KINDS:
-                fail(f"unknown query kind {query!r}; choose one of {list(mx.QUERY_KINDS)}")
-            encode, separate = _load_model(model)
-            conditions: dict = {}
-
-            def by_query(wav, sample_rate, q):
-                key = (q.kind, q.label)
-                if key not in conditions:  # one condition per class and query kind
-                    value = {"text": q.text, "audio": list(q.audio), "label": q.label}[q.kind]
-                    conditions[key] = encode(**{q.kind: value})
-                return separate(wav, sample_rate, conditions[key])
-
-            estimator = est_mod.ConditionEstimator(separate=by_query, name="model")
-        bar, update = _progress_bar()
         with bar:
-            texts = {c: unrelated_text for c in wanted} if unrelated_text else None
-            results = mx.evaluate_mixtures(specs, estimator, held, query_kind=query, query_audio=query_audio,
-                                           config=config, texts=texts, progress=update)
-            if unrelated_text:
-                results["query_text"] = unrelated_text
-    except (OSError, ValueError, KeyError, ImportError) as err:
+            run = run_mixtures(corpus, out, held_out=_split_list(held_out), model=model, oracle=oracle,
+                               classes=_split_list(classes) if classes else None, query=query,
+                               unrelated_text=unrelated_text, per_class=per_class, seed=seed, progress=update)
+    except (CheckpointError, OSError, ValueError, KeyError, ImportError) as err:
         fail(str(err))
-    out.mkdir(parents=True, exist_ok=True)
-    stem = f"results_{results['method']}_{query}" + ("_unrelated" if unrelated_text else "")
-    (out / f"{stem}.json").write_text(json.dumps(results, indent=2))
-    (out / f"{stem}.md").write_text(mx.results_markdown(results))
-    typer.echo(mx.results_markdown(results))
-    console.print(f"results in {out / stem}.json / .md")
+    if run.reused_set:
+        console.print(f"reusing the mixture set in {out / 'mixture_set.json'}")
+    typer.echo(mx.results_markdown(run.results))
+    console.print(f"results in {run.json_path} / .md")
 
 
-def _run_import(importer, ckpt: Path, out: Path, trust_pickle: bool, overwrite: bool, note: str = "") -> None:
-    """Run one official-checkpoint importer and report where the model folder went."""
-    from separator.checkpoint import CheckpointError
+def _add_import_command(imp) -> None:
+    """``qsep import-official NAME`` for one entry of :data:`separator.importers.IMPORTERS`."""
 
-    try:
-        folder = importer(ckpt, out, trust_pickle=trust_pickle, overwrite=overwrite)
-    except CheckpointError as exc:
-        fail(str(exc))
-    console.print(f"wrote {folder}{note}", highlight=False)
+    def command(
+        ckpt: Path = typer.Argument(..., help=imp.checkpoint),
+        out: Path = typer.Option(..., "--out", "-o", help=f"Model folder to write (components: {', '.join(imp.components)})."),
+        trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow full unpickling (runs code from the file; only for files you trust)."),
+        overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing model folder."),
+    ) -> None:
+        from qsep_core.checkpoint import CheckpointError
+        from separator.importers import import_official
 
+        try:
+            folder = import_official(imp.name, ckpt, out, trust_pickle=trust_pickle, overwrite=overwrite)
+        except CheckpointError as exc:
+            fail(str(exc))
+        console.print(f"wrote {folder} (components: {', '.join(imp.components)})", highlight=False)
 
-@import_app.command("htsat")
-def import_htsat(
-    ckpt: Path = typer.Argument(..., help="HTSAT_AudioSet_Saved_*.ckpt (Lightning checkpoint)."),
-    out: Path = typer.Option(..., "--out", "-o", help="Model folder to write."),
-    trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow full unpickling (runs code from the file; only for files you trust)."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing model folder."),
-) -> None:
-    """Import an official HTS-AT AudioSet checkpoint (prefix `sed_model.`)."""
-    from sed.official import import_htsat
-
-    _run_import(import_htsat, ckpt, out, trust_pickle, overwrite, "")
+    command.__doc__ = imp.summary
+    import_app.command(imp.name)(command)
 
 
-@import_app.command("zsass-sed")
-def import_zsass_sed(
-    ckpt: Path = typer.Argument(..., help="zeroshot_asp_*.ckpt or htsat_audioset_2048d.ckpt."),
-    out: Path = typer.Option(..., "--out", "-o", help="Model folder to write."),
-    trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow full unpickling (runs code from the file; only for files you trust)."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing model folder."),
-) -> None:
-    """Import the ST-SED query encoder inside a ZS-ASS checkpoint (prefix `at_model.sed_model.`)."""
-    from sed.official import import_zsass_sed
-
-    _run_import(import_zsass_sed, ckpt, out, trust_pickle, overwrite, "")
-
-
-@import_app.command("zsass")
-def import_zsass(
-    ckpt: Path = typer.Argument(..., help="zeroshot_asp_full.ckpt / zeroshot_asp_held_out.ckpt (Lightning checkpoint)."),
-    out: Path = typer.Option(..., "--out", "-o", help="Model folder to write (separator + audio query encoder)."),
-    trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow full unpickling (runs code from the file; only for files you trust)."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing model folder."),
-) -> None:
-    """Import an official ZS-ASS checkpoint (separator + 2048-d query encoder)."""
-    from separator.official import import_zsass
-
-    _run_import(import_zsass, ckpt, out, trust_pickle, overwrite, " (components: separator, audio_encoder)")
+for _importer in IMPORTERS:
+    _add_import_command(_importer)
 
 
 def main() -> None:

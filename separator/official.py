@@ -17,7 +17,6 @@ Reading the file is delegated to :func:`sed.official.read_official_checkpoint`
 """
 from __future__ import annotations
 
-import math
 import os
 import re
 from pathlib import Path
@@ -25,8 +24,9 @@ from typing import Mapping
 
 import torch
 
+from qsep_core.config import to_dict
+from qsep_core.dsp import StftConfig, dft_kernels, idft_kernels
 from separator.checkpoint import CheckpointError, Component, file_sha256, save_model
-from separator.config import to_dict
 from separator.models import QueryUNet, preset
 
 __all__ = [
@@ -81,23 +81,16 @@ def map_separator_key(key: str) -> str | None:
     return None
 
 
-def _hann(n: int) -> torch.Tensor:
-    return 0.5 - 0.5 * torch.cos(2 * math.pi * torch.arange(n, dtype=torch.float64) / n)
-
-
 def _expected_kernel(key: str, n_fft: int) -> torch.Tensor:
     """The DFT tensor ``key`` must hold for :func:`torch.stft` / :func:`torch.istft` to be equivalent (float64)."""
-    w = _hann(n_fft)
-    if key == "istft.ola_window":
-        return w**2
-    k = torch.arange(n_fft, dtype=torch.int64)
+    cfg = StftConfig(n_fft=n_fft)  # periodic Hann, window = n_fft
     if key.startswith("stft."):
-        ang = 2 * math.pi * ((k[: n_fft // 2 + 1, None] * k[None, :]) % n_fft).double() / n_fft  # (bins, n)
-        val = torch.cos(ang) if key.endswith("real.weight") else -torch.sin(ang)
-        return (val * w[None, :])[:, None, :]  # (bins, 1, n_fft)
-    ang = 2 * math.pi * ((k[:, None] * k[None, :]) % n_fft).double() / n_fft  # (time b, freq a)
-    val = torch.cos(ang) if key.endswith("real.weight") else torch.sin(ang)
-    return (val / n_fft * w[:, None])[:, :, None]  # (n_fft, n_fft, 1)
+        real, imag = dft_kernels(cfg)  # (bins, 1, n_fft)
+    else:
+        real, imag, ola = idft_kernels(cfg)  # (n_fft, n_fft, 1)
+        if key == "istft.ola_window":
+            return ola
+    return real if key.endswith("real.weight") else imag
 
 
 def check_frozen_kernels(state_dict: Mapping[str, torch.Tensor], n_fft: int, atol: float = 1e-6) -> list[str]:

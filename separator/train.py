@@ -44,8 +44,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from separator import audio, augment
-from separator.config import ConfigError, load_config, to_dict
+from qsep_core import audio
+from qsep_core.config import ConfigError, load_config, to_dict
+from qsep_core.metrics import sdr, si_sdr
+from separator import augment
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +61,6 @@ __all__ = [
     "SeparatorDataModule",
     "SeparatorModule",
     "loudness_match",
-    "si_sdr",
-    "sdr",
     "build_model",
     "load_training_config",
     "train_separator",
@@ -262,27 +262,12 @@ def loudness_match(reference: torch.Tensor, other: torch.Tensor, ratio_min: floa
     return other * ratio.clamp(ratio_min, ratio_max)
 
 
-def si_sdr(estimate: torch.Tensor, reference: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """Scale-invariant SDR in dB over the last axis (zero-mean), shape ``estimate.shape[:-1]``."""
-    estimate = estimate - estimate.mean(-1, keepdim=True)
-    reference = reference - reference.mean(-1, keepdim=True)
-    scale = (estimate * reference).sum(-1, keepdim=True) / (reference.pow(2).sum(-1, keepdim=True) + eps)
-    target = scale * reference
-    noise = estimate - target
-    return 10 * torch.log10((target.pow(2).sum(-1) + eps) / (noise.pow(2).sum(-1) + eps))
-
-
-def sdr(estimate: torch.Tensor, reference: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """Plain SDR in dB over the last axis: ``10 log10(|s|^2 / |s - s_hat|^2)``."""
-    return 10 * torch.log10((reference.pow(2).sum(-1) + eps) / ((reference - estimate).pow(2).sum(-1) + eps))
-
-
 def _l1_loss(est: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
     return (est - ref).abs().mean()
 
 
 def _sisdr_loss(est: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
-    return -si_sdr(est, ref).mean()
+    return -si_sdr(estimate=est, reference=ref, dtype=None).mean()
 
 
 #: (n_fft, hop) of the multi-resolution STFT loss
@@ -291,7 +276,7 @@ MRSTFT_RESOLUTIONS = ((512, 128), (1024, 256), (2048, 512))
 
 def _mrstft_loss(est: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
     """Spectral convergence + log-magnitude L1, summed over :data:`MRSTFT_RESOLUTIONS`."""
-    from separator.dsp import StftConfig, stft
+    from qsep_core.dsp import StftConfig, stft
 
     total = est.new_zeros(())
     for n_fft, hop in MRSTFT_RESOLUTIONS:
@@ -617,7 +602,7 @@ class SeparatorDataModule:
     """
 
     def __init__(self, config: SeparatorTrainingConfig, sample_rate: int):
-        from sed.mining import load_manifest
+        from qsep_core.manifest import load_manifest
 
         self.cfg = config
         mix = config.mixing
@@ -751,11 +736,12 @@ class SeparatorModule(L.LightningModule):
         est = self.model(batch["mixture"], batch["condition"]).float()
         ref, mix = batch["target"], batch["mixture"]
         n = est.shape[0]
-        s = si_sdr(est, ref)
+        s = si_sdr(estimate=est, reference=ref, dtype=None)
         self.log("val/loss", self.loss_fn(est, ref), sync_dist=True, batch_size=n)
-        self.log("val/sdr", sdr(est, ref).mean(), sync_dist=True, batch_size=n)
+        self.log("val/sdr", sdr(estimate=est, reference=ref, dtype=None).mean(), sync_dist=True, batch_size=n)
         self.log("val/sisdr", s.mean(), sync_dist=True, batch_size=n)
-        self.log("val/sisdri", (s - si_sdr(mix, ref)).mean(), sync_dist=True, prog_bar=True, batch_size=n)
+        self.log("val/sisdri", (s - si_sdr(estimate=mix, reference=ref, dtype=None)).mean(), sync_dist=True,
+                 prog_bar=True, batch_size=n)
 
     def configure_optimizers(self):
         params = [p for p in self.model.parameters() if p.requires_grad]

@@ -9,6 +9,8 @@ from __future__ import annotations
 import shutil
 from types import ModuleType
 
+from qsep_core.extras import require
+
 __all__ = ["FfmpegNotFoundError", "require_ffmpeg", "import_musdb", "import_museval", "FFMPEG_INSTALL_HINT"]
 
 FFMPEG_INSTALL_HINT = (
@@ -23,7 +25,11 @@ class FfmpegNotFoundError(RuntimeError):
 
 
 def require_ffmpeg() -> str:
-    """Return the path of ``ffmpeg``; raise :class:`FfmpegNotFoundError` if it or ``ffprobe`` is missing."""
+    """Return the path of ``ffmpeg``.
+
+    Raises:
+        FfmpegNotFoundError: ``ffmpeg`` or ``ffprobe`` is not on PATH (the message says how to install it).
+    """
     missing = [tool for tool in ("ffmpeg", "ffprobe") if shutil.which(tool) is None]
     if missing:
         raise FfmpegNotFoundError(
@@ -34,16 +40,22 @@ def require_ffmpeg() -> str:
 
 
 def import_musdb() -> ModuleType:
-    """``import musdb`` after checking for ffmpeg."""
-    require_ffmpeg()
-    import musdb
+    """``import musdb`` after checking for ffmpeg.
 
-    return musdb
+    Raises:
+        FfmpegNotFoundError: ``ffmpeg`` or ``ffprobe`` is not on PATH.
+        qsep_core.extras.MissingExtraError: musdb (the ``evaluation`` extra) is not installed.
+    """
+    require_ffmpeg()
+    return require("musdb", "evaluation", "MUSDB18 evaluation")
 
 
 def import_museval() -> ModuleType:
-    """``import museval`` after checking for ffmpeg."""
-    require_ffmpeg()
-    import museval
+    """``import museval`` after checking for ffmpeg.
 
-    return museval
+    Raises:
+        FfmpegNotFoundError: ``ffmpeg`` or ``ffprobe`` is not on PATH.
+        qsep_core.extras.MissingExtraError: museval (the ``evaluation`` extra) is not installed.
+    """
+    require_ffmpeg()
+    return require("museval", "evaluation", "MUSDB18 evaluation")

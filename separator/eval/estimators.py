@@ -12,7 +12,7 @@ from typing import Any, Callable, Mapping, Protocol, runtime_checkable
 
 import torch
 
-from separator.dsp import StftConfig, istft, stft
+from qsep_core.dsp import StftConfig, istft, stft
 
 __all__ = ["Estimator", "MixtureOracle", "IdealRatioMask", "IRMConfig", "ConditionEstimator", "oracle", "ORACLES"]
 

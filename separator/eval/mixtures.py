@@ -24,9 +24,11 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
-from separator import audio
+from qsep_core import audio
+from qsep_core.atomic import atomic_write_text
+from qsep_core.constants import ANCHOR_SECONDS, SAMPLE_RATE
+from qsep_core.metrics import improvement, sdr, si_sdr
 from separator.eval.estimators import Estimator
-from separator.eval.metrics import sdr, si_sdr
 
 __all__ = [
     "CorpusItem",
@@ -71,8 +73,8 @@ class MixtureSetConfig:
         seed: seed of every random choice.
     """
 
-    sample_rate: int = 32000
-    segment_seconds: float = 2.0
+    sample_rate: int = SAMPLE_RATE
+    segment_seconds: float = ANCHOR_SECONDS
     mixtures_per_class: int = 10
     query_examples: int = 3
     ratio_clip: tuple[float, float] = (0.02, 50.0)
@@ -248,7 +250,7 @@ def save_mixture_set(path: str | os.PathLike, specs: Sequence[MixtureSpec], quer
     """Write the test set to JSON (so later runs evaluate exactly the same mixtures)."""
     data = {"config": asdict(config), "mixtures": [asdict(s) for s in specs], "query_audio": dict(query_audio)}
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(json.dumps(data, indent=2))
+    atomic_write_text(path, json.dumps(data, indent=2))
 
 
 def load_mixture_set(path: str | os.PathLike) -> tuple[list[MixtureSpec], dict[str, list[str]], MixtureSetConfig]:
@@ -305,11 +307,12 @@ def evaluate_mixtures(
             raise ValueError(f"estimator {estimator.name!r} returned shape {tuple(est.shape)}; expected {tuple(mix.shape)}")
         row = {
             "index": spec.index, "class": cls, "held_out": cls in held,
-            "sdr": float(sdr(tgt, est)), "sdr_mixture": float(sdr(tgt, mix)),
-            "si_sdr": float(si_sdr(tgt, est)), "si_sdr_mixture": float(si_sdr(tgt, mix)),
+            "sdr": float(sdr(estimate=est, reference=tgt)), "sdr_mixture": float(sdr(estimate=mix, reference=tgt)),
+            "si_sdr": float(si_sdr(estimate=est, reference=tgt)),
+            "si_sdr_mixture": float(si_sdr(estimate=mix, reference=tgt)),
+            "sdri": float(improvement(sdr, estimate=est, reference=tgt, mixture=mix)),
+            "si_sdri": float(improvement(si_sdr, estimate=est, reference=tgt, mixture=mix)),
         }
-        row["sdri"] = row["sdr"] - row["sdr_mixture"]
-        row["si_sdri"] = row["si_sdr"] - row["si_sdr_mixture"]
         rows.append(row)
         if progress is not None:
             progress(cls, i + 1, len(specs))

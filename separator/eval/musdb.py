@@ -4,7 +4,7 @@
     Estimates at 44.1 kHz stereo for the whole track; BSS Eval v4 through ``museval`` with
     1-s windows and hops; per stem the median over frames (NaN frames, i.e. silent references,
     ignored), then the median over tracks. Also the MDX-challenge whole-track SDR
-    (:func:`separator.eval.metrics.mdx_sdr`), reported as the mean and the median over tracks.
+    (:func:`qsep_core.metrics.mdx_sdr`), reported as the mean and the median over tracks.
 
 ``zsass`` (NON-STANDARD, the ZS-ASS paper's protocol as its reference code runs it)
     Stereo is averaged to mono and resampled to 32 kHz; the track is cut to a whole number of
@@ -38,11 +38,13 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 import torch
 
-from separator import audio
-from separator.dsp import StftConfig, istft, stft
+from qsep_core import audio
+from qsep_core.atomic import atomic_write_text
+from qsep_core.constants import ANCHOR_SECONDS, SAMPLE_RATE
+from qsep_core.dsp import StftConfig, istft, stft
+from qsep_core.metrics import mdx_sdr
 from separator.eval.deps import import_musdb, import_museval
 from separator.eval.estimators import Estimator
-from separator.eval.metrics import mdx_sdr
 from separator.eval.wiener import wiener
 
 __all__ = [
@@ -52,6 +54,7 @@ __all__ = [
     "PROTOCOLS",
     "protocol_from_name",
     "TrackAudio",
+    "TrackEstimates",
     "open_musdb",
     "select_tracks",
     "load_track",
@@ -92,6 +95,21 @@ class Sisec18Protocol:
     non_standard: bool = False
     description: str = "SiSEC18: 44.1 kHz stereo, museval BSS Eval v4, 1-s windows/hops, median over frames then tracks"
 
+    def estimate(self, track: TrackAudio, estimator: Estimator) -> TrackEstimates:
+        """Whole-track estimates at the track's rate and channels (:func:`estimate_sisec18`)."""
+        ests = estimate_sisec18(track, estimator)
+        return TrackEstimates(track.sample_rate, {s: track.stems[s].numpy() for s in ests},
+                              {s: e.numpy() for s, e in ests.items()})
+
+    def score(self, name: str, subset: str, est: TrackEstimates) -> tuple[dict[str, Any], str | None]:
+        """``(result, museval's own per-track JSON)`` (:func:`score_sisec18`)."""
+        res = score_sisec18(name, subset, est.sample_rate, est.references, est.estimates, self)
+        return res, res.pop("museval_json")
+
+    def waveforms(self, est: TrackEstimates) -> dict[str, torch.Tensor]:
+        """The estimates as ``(channels, time)`` audio at ``est.sample_rate``, to save."""
+        return {s: torch.from_numpy(e) for s, e in est.estimates.items()}
+
 
 @dataclass(frozen=True)
 class ZsassProtocol:
@@ -110,14 +128,14 @@ class ZsassProtocol:
     """
 
     name: str = "zsass"
-    sample_rate: int = 32000
-    segment_seconds: float = 2.0
+    sample_rate: int = SAMPLE_RATE
+    segment_seconds: float = ANCHOR_SECONDS
     wiener: bool = True
     wiener_iterations: int = 1
     wiener_softmask: bool = True
     wiener_scale_factor: float = 8.0
     wiener_eps: float = 1e-9
-    stft: StftConfig = field(default_factory=lambda: StftConfig(n_fft=2048, hop_length=320))
+    stft: StftConfig = field(default_factory=StftConfig)  # 2048 / 320 periodic Hann, as the reference
     batch_segments: int = 8
     silence_energy: float = 0.0
     non_standard: bool = True
@@ -129,6 +147,20 @@ class ZsassProtocol:
     @property
     def segment_samples(self) -> int:
         return int(round(self.segment_seconds * self.sample_rate))
+
+    def estimate(self, track: TrackAudio, estimator: Estimator) -> TrackEstimates:
+        """Per-segment estimates at :attr:`sample_rate`, Wiener-filtered if set (:func:`estimate_zsass`)."""
+        refs, ests = estimate_zsass(track, estimator, self)
+        return TrackEstimates(self.sample_rate, {s: r.numpy() for s, r in refs.items()},
+                              {s: e.numpy() for s, e in ests.items()})
+
+    def score(self, name: str, subset: str, est: TrackEstimates) -> tuple[dict[str, Any], str | None]:
+        """``(result, None)``: per-segment SDR (:func:`score_zsass`); museval writes no JSON here."""
+        return score_zsass(est.references, est.estimates, self), None
+
+    def waveforms(self, est: TrackEstimates) -> dict[str, torch.Tensor]:
+        """The segments of each estimate joined into one mono ``(1, time)`` signal, to save."""
+        return {s: torch.from_numpy(e).reshape(1, -1) for s, e in est.estimates.items()}
 
 
 PROTOCOLS = {"sisec18": Sisec18Protocol, "zsass": ZsassProtocol}
@@ -168,6 +200,20 @@ class TrackAudio:
     sample_rate: int
     mixture: torch.Tensor
     stems: dict[str, torch.Tensor]
+
+
+@dataclass
+class TrackEstimates:
+    """One track's references and estimates as its protocol scores them (numpy: picklable for worker processes).
+
+    Attributes:
+        sample_rate: rate of the arrays in Hz.
+        references, estimates: stem -> ``(channels, time)`` (SiSEC18) or ``(segments, samples)`` (ZS-ASS).
+    """
+
+    sample_rate: int
+    references: dict[str, np.ndarray]
+    estimates: dict[str, np.ndarray]
 
 
 def _detect_is_wav(root: Path, subsets: Sequence[str]) -> bool:
@@ -320,7 +366,8 @@ def score_sisec18(
             values={"SDR": sdr[i].tolist(), "SIR": sir[i].tolist(), "ISR": isr[i].tolist(), "SAR": sar[i].tolist()},
         )
         frames = _nan_to_none(sdr[i].tolist())
-        mdx = mdx_sdr(torch.from_numpy(references[s]), torch.from_numpy(estimates[s]), eps=protocol.mdx_eps)
+        mdx = mdx_sdr(estimate=torch.from_numpy(estimates[s]), reference=torch.from_numpy(references[s]),
+                      eps=protocol.mdx_eps)
         result["stems"][s] = {
             "sdr_median": _median(frames),
             "frame_sdr": frames,
@@ -469,9 +516,7 @@ def _is_done(path: Path, settings: Mapping[str, Any]) -> bool:
 
 def _write_text(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    atomic_write_text(path, text)
 
 
 def _write_json(path: Path, data: Any) -> None:
@@ -479,46 +524,33 @@ def _write_json(path: Path, data: Any) -> None:
     _write_text(path, json.dumps(data, indent=2))
 
 
-def _score_and_write(
-    kind: str,
-    payload: dict[str, Any],
-    protocol: Protocol_,
-    header: dict[str, Any],
-    result_path: str,
-    museval_path: str | None,
-) -> str:
-    """Compute the metrics of one track and write its JSON files (runs in worker processes)."""
-    if kind == "sisec18":
-        res = score_sisec18(header["track"], header["subset"], payload["sample_rate"], payload["references"],
-                            payload["estimates"], protocol)  # type: ignore[arg-type]
-        museval_json = res.pop("museval_json")
-        if museval_path is not None:
-            _write_text(Path(museval_path), museval_json)
-    else:
-        res = score_zsass(payload["references"], payload["estimates"], protocol)  # type: ignore[arg-type]
-    _write_json(Path(result_path), {**header, **res})
-    return header["track"]
+@dataclass
+class _ScoringJob:
+    """Scores one track and writes its JSON files; picklable, so :func:`evaluate_musdb` can run it in a worker."""
+
+    protocol: Protocol_
+    estimates: TrackEstimates
+    header: dict[str, Any]
+    result_path: str | None
+    museval_path: str | None
+
+    def result(self) -> tuple[dict[str, Any], str | None]:
+        """``(the per-track result, museval's JSON or None)``."""
+        res, museval_json = self.protocol.score(self.header["track"], self.header["subset"], self.estimates)
+        return {**self.header, **res}, museval_json
+
+    def run(self) -> str:
+        """Score and write ``result_path`` (and ``museval_path``); returns the track name."""
+        res, museval_json = self.result()
+        if self.museval_path is not None and museval_json is not None:
+            _write_text(Path(self.museval_path), museval_json)
+        _write_json(Path(self.result_path), res)
+        return self.header["track"]
 
 
-def evaluate_track(
-    track: TrackAudio,
-    estimator: Estimator,
-    protocol: Protocol_,
-    out: str | os.PathLike | None = None,
-    save_estimates: bool = False,
-    settings: Mapping[str, Any] | None = None,
-    submit: Callable[..., Any] | None = None,
-) -> dict[str, Any] | Any:
-    """Separate one track and score it under ``protocol``.
-
-    Args:
-        out: output root; None computes and returns the result without writing anything.
-        submit: ``executor.submit``-like callable to score in another process; then the
-            returned value is that call's future (the JSON is written by the worker).
-
-    Returns:
-        The per-track result dict (``"stems"``: per stem ``"sdr_median"`` and protocol extras).
-    """
+def _scoring_job(track: TrackAudio, estimator: Estimator, protocol: Protocol_, out: Path | None,
+                 save_estimates: bool, settings: Mapping[str, Any] | None) -> _ScoringJob:
+    """Separate ``track`` (in this process), save the estimates if asked, and return the scoring still to do."""
     settings = dict(settings or _settings(protocol, None, track.subset))
     header = {
         "version": RESULT_VERSION,
@@ -530,41 +562,46 @@ def evaluate_track(
         "description": protocol.description,
         "settings": settings,
     }
-    out_path = Path(out) if out is not None else None
-    if isinstance(protocol, Sisec18Protocol):
-        ests = estimate_sisec18(track, estimator)
-        payload = {
-            "sample_rate": track.sample_rate,
-            "references": {s: track.stems[s].numpy() for s in ests},
-            "estimates": {s: e.numpy() for s, e in ests.items()},
-        }
-        save_rate = track.sample_rate
-    else:
-        refs, ests = estimate_zsass(track, estimator, protocol)
-        payload = {"references": {s: r.numpy() for s, r in refs.items()}, "estimates": {s: e.numpy() for s, e in ests.items()}}
-        save_rate = protocol.sample_rate
-    if out_path is not None and save_estimates:
-        folder = _track_dir(out_path, estimator.name, protocol) / "estimates" / track.name
-        folder.mkdir(parents=True, exist_ok=True)
-        for s, e in ests.items():
-            wav = e if isinstance(protocol, Sisec18Protocol) else e.reshape(1, -1)  # (channels, time)
-            audio.save(folder / f"{s}.wav", wav, save_rate, bit_depth="32f")
-    if out_path is None:
-        if isinstance(protocol, Sisec18Protocol):
-            res = score_sisec18(track.name, track.subset, track.sample_rate, payload["references"], payload["estimates"], protocol)
-            res.pop("museval_json")
-        else:
-            res = score_zsass(payload["references"], payload["estimates"], protocol)
-        return {**header, **res}
-    result_path = _result_path(out_path, estimator.name, protocol, track.name)
-    museval_path = None
-    if isinstance(protocol, Sisec18Protocol):
-        museval_path = str(_track_dir(out_path, estimator.name, protocol) / "museval" / track.subset / f"{track.name}.json")
-    args = (protocol.name, payload, protocol, header, str(result_path), museval_path)
-    if submit is not None:
-        return submit(_score_and_write, *args)
-    _score_and_write(*args)
-    return json.loads(result_path.read_text())
+    est = protocol.estimate(track, estimator)
+    if out is None:
+        return _ScoringJob(protocol, est, header, None, None)
+    folder = _track_dir(out, estimator.name, protocol)
+    if save_estimates:
+        (folder / "estimates" / track.name).mkdir(parents=True, exist_ok=True)
+        for s, wav in protocol.waveforms(est).items():
+            audio.save(folder / "estimates" / track.name / f"{s}.wav", wav, est.sample_rate, bit_depth="32f")
+    museval_path = folder / "museval" / track.subset / f"{track.name}.json"
+    return _ScoringJob(protocol, est, header, str(_result_path(out, estimator.name, protocol, track.name)),
+                       str(museval_path))
+
+
+def evaluate_track(
+    track: TrackAudio,
+    estimator: Estimator,
+    protocol: Protocol_,
+    out: str | os.PathLike | None = None,
+    save_estimates: bool = False,
+    settings: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Separate one track and score it under ``protocol``, in this process.
+
+    Args:
+        out: output root (per-track JSON, museval's JSON, estimates if ``save_estimates``); None
+            computes and returns the result without writing anything.
+        settings: recorded in the result (default: the protocol's; :func:`evaluate_musdb` adds the run's).
+
+    Returns:
+        The per-track result dict (``"stems"``: per stem ``"sdr_median"`` and protocol extras).
+
+    Raises:
+        ValueError: the estimator returned a wrong shape or non-finite values, or the track is too short.
+        FfmpegNotFoundError: museval cannot be imported because ffmpeg is missing.
+    """
+    job = _scoring_job(track, estimator, protocol, Path(out) if out is not None else None, save_estimates, settings)
+    if job.result_path is None:
+        return job.result()[0]
+    job.run()
+    return json.loads(Path(job.result_path).read_text())
 
 
 def evaluate_musdb(
@@ -590,6 +627,12 @@ def evaluate_musdb(
 
     Returns:
         The summary over the selected tracks (as written to ``out/summary.json``).
+
+    Raises:
+        ValueError: ``jobs`` < 1, no or duplicate estimator names, an unknown protocol or track, or an
+            estimator that returns a wrong shape or non-finite values.
+        FileNotFoundError: no MUSDB18 tracks under ``root``.
+        FfmpegNotFoundError: ffmpeg is missing (musdb and museval need it).
     """
     proto = protocol_from_name(protocol) if isinstance(protocol, str) else protocol
     if jobs < 1:
@@ -627,14 +670,12 @@ def evaluate_musdb(
             if t.name not in loaded:
                 loaded.clear()
                 loaded[t.name] = load_track(t, duration=duration)
-            track = loaded[t.name]
-            res = evaluate_track(track, est, proto, out=out_path, save_estimates=save_estimates,
-                                 settings=_with_estimator(settings, est),
-                                 submit=executor.submit if executor is not None else None)
+            job = _scoring_job(loaded[t.name], est, proto, out_path, save_estimates, _with_estimator(settings, est))
             if executor is not None:
-                pending.append(res)
+                pending.append(executor.submit(job.run))
                 _drain(jobs)
             else:
+                job.run()
                 done += 1
                 if progress is not None:
                     progress(f"{est.name}: {t.name}", done, total)
@@ -683,7 +724,7 @@ def summarize(out: str | os.PathLike, track_names: Sequence[str] | None = None) 
                "rows": rows}
     out_path.mkdir(parents=True, exist_ok=True)
     _write_json(out_path / "summary.json", summary)
-    (out_path / "summary.md").write_text(summary_markdown(summary))
+    _write_text(out_path / "summary.md", summary_markdown(summary))
     return summary
 
 

@@ -21,7 +21,8 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from separator import audio
+from qsep_core import audio
+from qsep_core.constants import ANCHOR_SECONDS
 from separator.eval.musdb import STEMS
 
 __all__ = ["StemQueryConfig", "build_stem_queries", "DEFAULT_STEM_TEXTS"]
@@ -49,7 +50,7 @@ class StemQueryConfig:
         seed: seed of the draw.
     """
 
-    segment_seconds: float = 2.0
+    segment_seconds: float = ANCHOR_SECONDS
     segments_per_stem: int = 64
     min_rms_dbfs: float = -58.0
     seed: int = 0

@@ -10,8 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from separator.config import ConfigError, from_dict, override
-from separator.dsp import StftConfig
+from qsep_core.config import ConfigError, from_dict, override
+from qsep_core.constants import HOP_LENGTH, N_FFT, SAMPLE_RATE, WIN_LENGTH
+from qsep_core.dsp import StftConfig
 
 __all__ = ["QueryUNetConfig", "PRESETS", "DEFAULT_PRESET", "preset", "BLOCKS", "CONDITIONINGS", "MASKS", "ACTIVATIONS"]
 
@@ -28,7 +29,7 @@ class QueryUNetConfig:
     Attributes:
         sample_rate: rate the model runs at (mono).
         n_fft, hop_length, window, periodic, center, pad_mode: STFT settings
-            (see :class:`separator.dsp.StftConfig`; the window is ``n_fft`` long).
+            (see :class:`qsep_core.dsp.StftConfig`; the window is ``n_fft`` long).
         channels: channels of the encoder blocks, one per 2x2 down-sampling; the
             decoder mirrors them.
         bottleneck: channels of the bottleneck block.
@@ -58,9 +59,9 @@ class QueryUNetConfig:
             whatever their raw norm. Not official (False); qsep-starter v2 uses it.
     """
 
-    sample_rate: int = 32000
-    n_fft: int = 1024
-    hop_length: int = 320
+    sample_rate: int = SAMPLE_RATE
+    n_fft: int = WIN_LENGTH
+    hop_length: int = HOP_LENGTH
     window: str = "hann"
     periodic: bool = True
     center: bool = True
@@ -109,6 +110,7 @@ class QueryUNetConfig:
 
     @property
     def stft(self) -> StftConfig:
+        """The model's STFT settings (window ``n_fft`` long)."""
         return StftConfig(
             n_fft=self.n_fft, hop_length=self.hop_length, win_length=None, window=self.window,
             periodic=self.periodic, center=self.center, pad_mode=self.pad_mode,
@@ -134,7 +136,8 @@ class QueryUNetConfig:
         return offset + (k * ds - 1) * hop + hop // 2
 
 
-#: name -> field values.
+#: name -> field values over the dataclass defaults (the STFT of every preset is the default one:
+#: 32 kHz, hop 320, periodic Hann, centred with reflect padding; only ``n_fft`` differs).
 #:
 #: * ``zsass``: the official separator (167,614,499 trainable parameters); 66 GFLOP
 #:   per audio second, ~3x real time on 2 CPU threads once prepared for inference
@@ -150,21 +153,20 @@ class QueryUNetConfig:
 #: * ``resunet_film_base``: 94 M parameters, full resolution, 2 blocks per stage (GPU).
 PRESETS: dict[str, dict[str, Any]] = {
     "zsass": {
-        "sample_rate": 32000, "n_fft": 2048, "hop_length": 320, "window": "hann", "periodic": True,
-        "center": True, "pad_mode": "reflect",
+        "n_fft": N_FFT,
         "channels": [32, 64, 128, 256, 512, 1024], "bottleneck": 2048,
         "block": "plain", "blocks_per_stage": 1, "conditioning": "additive", "mask": "magnitude",
         "cond_dim": 2048, "activation": "relu", "up_kernel": 3, "freq_fold": 1, "input_norm": True,
         "bn_momentum": 0.01, "phase_floor": 1e-10,
     },
     "resunet_film_small": {
-        "sample_rate": 32000, "n_fft": 1024, "hop_length": 320,
+        "n_fft": WIN_LENGTH,
         "channels": [16, 32, 64, 128, 128], "bottleneck": 128,
         "block": "residual", "blocks_per_stage": 1, "conditioning": "film", "mask": "complex",
         "cond_dim": 2048, "activation": "leaky_relu", "up_kernel": 2, "freq_fold": 8,
     },
     "resunet_film_base": {
-        "sample_rate": 32000, "n_fft": 2048, "hop_length": 320,
+        "n_fft": N_FFT,
         "channels": [32, 64, 128, 256, 384, 384], "bottleneck": 384,
         "block": "residual", "blocks_per_stage": 2, "conditioning": "film", "mask": "complex",
         "cond_dim": 2048, "activation": "leaky_relu", "up_kernel": 2, "freq_fold": 1,
@@ -175,7 +177,11 @@ DEFAULT_PRESET = "resunet_film_small"
 
 
 def preset(name: str, **changes: Any) -> QueryUNetConfig:
-    """The config of preset ``name`` with optional field ``changes``."""
+    """The config of preset ``name`` with optional field ``changes``.
+
+    Raises:
+        ConfigError: unknown preset or field, or an inconsistent result.
+    """
     if name not in PRESETS:
         raise ConfigError(f"unknown QueryUNet preset {name!r}; choose one of {sorted(PRESETS)}")
     cfg = from_dict(QueryUNetConfig, PRESETS[name])

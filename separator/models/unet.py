@@ -29,8 +29,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from separator.config import from_dict, to_dict
-from separator.dsp import istft, stft
+from qsep_core.config import from_dict, to_dict
+from qsep_core.dsp import istft, stft
 from separator.models.blocks import BlockStack, DecoderStage, EncoderStage
 from separator.models.config import QueryUNetConfig
 

@@ -1,6 +1,6 @@
 """Audio queries: example recordings -> the frozen detector's latent embedding.
 
-A query file is read (through :mod:`separator.audio`), down-mixed to mono and
+A query file is read (through :mod:`qsep_core.audio`), down-mixed to mono and
 resampled to the detector's rate, then cut into fixed segments (2 s by default,
 the length the official ZS-ASS query path uses). Each segment goes through the
 detector's forward, which for inputs shorter than its clip length uses the
@@ -44,7 +44,8 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from separator import audio as audio_io
+from qsep_core import audio as audio_io
+from qsep_core.constants import ANCHOR_SECONDS
 
 from .errors import NoUsableAudioError, QueryError
 
@@ -62,8 +63,8 @@ __all__ = [
     "detector_sample_rate",
 ]
 
-#: Query segment length of the official ZS-ASS query path.
-DEFAULT_SEGMENT_SECONDS = 2.0
+#: Query segment length of the official ZS-ASS query path (the anchor length).
+DEFAULT_SEGMENT_SECONDS = ANCHOR_SECONDS
 #: A segment more than this many dB below the file's loudest segment is not used.
 DEFAULT_RELATIVE_DB = 40.0
 #: A segment at or below this RMS level (dBFS) is never used.

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
+
+from qsep_core.atomic import AtomicPath
 
 from .errors import EmbeddingError
 
@@ -50,8 +51,12 @@ def save_embedding(
         vec: the condition, shape ``(dim,)`` (a ``(1, dim)`` tensor is accepted).
         meta: JSON-serialisable facts: ``query`` (what was asked), ``model`` (what it was made with), ...
         overwrite: replace an existing file.
+
+    Raises:
+        EmbeddingError: the vector is not 1-d, empty or not finite, the path is not ``.safetensors``,
+            exists (without ``overwrite``), its folder is missing, or the metadata is not JSON-serialisable.
     """
-    from separator.checkpoint import qsep_version
+    from qsep_core.checkpoint import qsep_version
 
     path = Path(path)
     if vec.ndim == 2 and vec.shape[0] == 1:
@@ -73,18 +78,12 @@ def save_embedding(
         meta_json = json.dumps(info)
     except TypeError as exc:
         raise EmbeddingError(f"condition metadata is not JSON-serialisable: {exc}") from exc
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    os.close(fd)
-    try:
+    with AtomicPath(path, overwrite=overwrite) as tmp:
         save_file(
             {CONDITION_KEY: vec.detach().float().cpu().contiguous()},
-            tmp,
+            str(tmp),
             metadata={"format": CONDITION_FORMAT, _META_KEY: meta_json},
         )
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path
 
 

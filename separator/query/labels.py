@@ -30,7 +30,7 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import nn
 
-from separator.config import from_dict, to_dict
+from qsep_core.config import from_dict, to_dict
 
 from .errors import QueryError
 

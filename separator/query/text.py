@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from separator.config import from_dict, to_dict
+from qsep_core.config import from_dict, to_dict
 
 from .errors import QueryError, UnknownTextBackendError
 

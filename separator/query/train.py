@@ -49,7 +49,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from separator.config import ConfigError, to_dict
+from qsep_core.config import ConfigError, to_dict
 
 from .errors import QueryError
 from .labels import LabelBank, build_label_bank, label_bank_config_dict
@@ -183,7 +183,7 @@ def _read_latents(path: Path) -> torch.Tensor:
 
 
 def _load_mining_folder(folder: Path) -> SegmentTable:
-    from sed.mining import load_manifest  # lazy: only for mining folders
+    from qsep_core.manifest import load_manifest  # lazy: only for mining folders
 
     m = load_manifest(folder)
     seg = m.segments
@@ -410,7 +410,7 @@ def train_text_projection(
     Returns the metrics: ``{"train": {...}, "seen": {...}, "held_out": {...}, "saved": [paths]}``.
     """
     from separator.checkpoint import Component, ModelFolder, save_model
-    from separator.config import from_dict
+    from qsep_core.config import from_dict
 
     cfg = config if isinstance(config, TextProjectionTrainConfig) else from_dict(TextProjectionTrainConfig, config)
     if not cfg.manifest or (not cfg.latents and not Path(cfg.manifest).is_dir()):

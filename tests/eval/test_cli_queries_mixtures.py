@@ -18,6 +18,7 @@ from separator.eval.queries import StemQueryConfig, build_stem_queries
 runner = CliRunner()
 
 
+@pytest.mark.slow
 def test_cli_musdb_oracle_end_to_end(tiny_musdb, tmp_path):
     root, _ = tiny_musdb
     out = tmp_path / "out"
@@ -145,8 +146,8 @@ def test_cli_mixtures_oracle(tmp_path):
 
 
 def _fake_model(monkeypatch, calls):
-    """Replace the CLI's model loading by callables that record what they are asked."""
-    import separator.cli as cli
+    """Replace the model loading of `qsep evaluate` by callables that record what they are asked."""
+    import separator.eval.run as run
 
     def encode(**query):
         (kind, value), = query.items()
@@ -159,9 +160,10 @@ def _fake_model(monkeypatch, calls):
         calls.setdefault("condition", []).append(condition)
         return 0.5 * wav
 
-    monkeypatch.setattr(cli, "_load_model", lambda model: (calls.setdefault("model", str(model)), (encode, separate))[1])
+    monkeypatch.setattr(run, "load_model", lambda model: (calls.setdefault("model", str(model)), (encode, separate))[1])
 
 
+@pytest.mark.slow
 def test_cli_musdb_model_glue(tiny_musdb, tmp_path, monkeypatch):
     calls: dict = {}
     _fake_model(monkeypatch, calls)
@@ -203,6 +205,21 @@ def test_cli_mixtures_model_glue(tmp_path, monkeypatch):
     assert all(abs(r["si_sdri"]) < 1e-6 and abs(r["sdri"] - 3.01) < 0.05 for r in results["mixtures"])
 
 
+def test_cli_mixtures_unrelated_text_control(tmp_path, monkeypatch):
+    calls: dict = {}
+    _fake_model(monkeypatch, calls)
+    corpus = _corpus(tmp_path)
+    args = ["evaluate", "mixtures", str(corpus), "--model", str(tmp_path / "m"), "--held-out", "high", "--classes",
+            "low;high", "--per-class", "2", "--unrelated-text", "typing", "--out", str(tmp_path / "out")]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert calls["text"] == ["typing", "typing"]  # every class asked with the one unrelated text
+    results = json.loads((tmp_path / "out" / "results_model_text_unrelated.json").read_text())
+    assert results["query_text"] == "typing"
+    res = runner.invoke(app, args + ["--query", "label"])
+    assert res.exit_code == 1 and "--unrelated-text" in res.output
+
+
 def test_read_audioset_layout(tmp_path):
     (tmp_path / "class_labels_indices.csv").write_text(
         'index,mid,display_name\n0,/m/09x0r,"Speech"\n1,/m/05zppz,"Male speech, man speaking"\n2,/m/0jbk,Animal\n')
@@ -228,7 +245,7 @@ def test_cli_musdb_with_a_real_tiny_model(tiny_musdb, tmp_path):
     from sed.config import htsat_config
     from sed.htsat import build_from_config as build_htsat
     from separator.checkpoint import Component, save_model
-    from separator.config import to_dict
+    from qsep_core.config import to_dict
     from separator.models import build_preset
 
     hc = htsat_config("tiny")

@@ -34,6 +34,7 @@ def _frame_energy_ratio_db(ref: np.ndarray, err: np.ndarray, win: int) -> float:
     return float(np.median(vals))
 
 
+@pytest.mark.slow
 def test_sisec18_truth_and_mixture(tiny_musdb, tmp_path):
     root, tracks = tiny_musdb
     out = tmp_path / "out"

@@ -99,9 +99,9 @@ def write_synthetic_manifest(folder, per_class: int = 8, seconds: float = 1.0, s
                              extra_multi_label: bool = True):
     """A mining folder with ``per_class`` one-label segments per class (+ a few two-label ones) at SYN_RATE.
 
-    With ``with_files`` the audio goes to wav files (read back through separator.audio), else it is stored.
+    With ``with_files`` the audio goes to wav files (read back through qsep_core.audio), else it is stored.
     """
-    from separator import audio as qaudio
+    from qsep_core import audio as qaudio
     from sed.mining import write_manifest
 
     g = torch.Generator().manual_seed(seed)

@@ -5,7 +5,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from separator import audio
+from qsep_core import audio
 from separator.checkpoint import Component, ModelFolder, save_model
 from separator.cli import app
 
@@ -18,7 +18,7 @@ def _detector_folder(tmp_path):
     from sed.config import htsat_config
     from sed.htsat import HTSAT
 
-    from separator.config import to_dict
+    from qsep_core.config import to_dict
 
     cfg = htsat_config("tiny", num_classes=len(LABELS))
     torch.manual_seed(0)
@@ -87,7 +87,7 @@ def test_cli_errors_are_actionable(tmp_path):
 @pytest.mark.slow
 def test_whole_chain_train_sed_mine_train_separator_separate(tmp_path):
     """train SED (tiny) -> mine -> train separator -> export -> separate a file with an audio query."""
-    from separator.dsp import chunked_apply
+    from qsep_core.dsp import chunked_apply
 
     from sed.config import htsat_config
 

@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 
+from qsep_core.manifest import ManifestError
 from sed.mining import Anchor, MiningConfig, MiningError, find_anchors, load_manifest, mine, shard_paths
 
 from .fakes import RATE, FakeDetector, PlantedDataset
@@ -147,7 +148,7 @@ def test_kill_and_resume_gives_the_same_manifest(tmp_path):
         mine(FakeDetector(), ds, tmp_path / "resumed", _config(), on_shard_written=kill_after_first)
     assert shard_paths(tmp_path / "resumed", 0)[0].is_file()
     assert not shard_paths(tmp_path / "resumed", 1)[0].is_file()
-    with pytest.raises(MiningError, match="incomplete"):
+    with pytest.raises(ManifestError, match="incomplete"):
         load_manifest(tmp_path / "resumed")
     written: list[int] = []
     mine(FakeDetector(), ds, tmp_path / "resumed", _config(), on_shard_written=written.append)

@@ -129,7 +129,7 @@ def test_embedding_condition(tmp_path):
 
 
 def test_config_errors_name_the_field(tmp_path):
-    from separator.config import ConfigError
+    from qsep_core.config import ConfigError
 
     with pytest.raises(ConfigError, match="mixing.bogus"):
         load_training_config(overrides=["mixing.bogus=1"])

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from .query_toy import TOY_RATE, FakeDetector, noise_band, tone
-from separator import audio as audio_io
+from qsep_core import audio as audio_io
 from separator.query.audio import (
     AudioQueryEncoder,
     official_floor_dbfs,

@@ -6,10 +6,10 @@ import torch
 import torch.nn.functional as F
 from typer.testing import CliRunner
 
-from separator import audio as audio_io
+from qsep_core import audio as audio_io
 from separator import checkpoint
 from separator.checkpoint import Component, ModelFolder, save_model
-from separator.config import to_dict
+from qsep_core.config import to_dict
 from separator.query.audio import AudioQueryEncoder
 from separator.query.compose import Query, QueryEncoder, QueryItem, apply_negative, combine
 from separator.query.embedding import load_embedding, save_embedding

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from separator import audio as audio_io
+from qsep_core import audio as audio_io
 from separator.query.compose import Query, QueryEncoder
 
 from ..conftest import official_fixture_dir

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from separator import checkpoint
 from separator.checkpoint import Component, ModelFolder, save_model
-from separator.config import ConfigError
+from qsep_core.config import ConfigError
 from separator.query.errors import QueryError
 from separator.query.train import (
     DEFAULT_TEMPLATES,

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from separator.checkpoint import Component, ModelFolder, save_model
-from separator.config import to_dict
+from qsep_core.config import to_dict
 from separator.query.errors import QueryError, UnknownTextBackendError
 from separator.query.text import (
     TEXT_BACKENDS,

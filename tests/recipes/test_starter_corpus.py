@@ -256,7 +256,7 @@ def test_real_tiny_build(tmp_path):
         assert (root / "music" / "test" / "starter_test_000" / f"{stem}.wav").is_file()
     wavs = sorted((root / "events" / "audio" / "train").glob("*.wav"))
     assert len(wavs) == ev["clips"]["train"]
-    from separator import audio
+    from qsep_core import audio
 
     info = audio.info(wavs[0])
     assert (info.sample_rate, info.channels, info.frames) == (cfg.event_sample_rate, 1, int(cfg.clip_seconds * cfg.event_sample_rate))

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from separator import audio
+from qsep_core import audio
 from sed.data import (
     AudioSetDataset,
     BalancedClassSampler,
@@ -18,6 +18,8 @@ from sed.data import (
     HDF5PackDataset,
     ManifestDataset,
     fit_length,
+    guess_format,
+    open_weak_dataset,
     read_audioset_segments,
 )
 
@@ -239,6 +241,21 @@ def test_manifest_dataset_labels_captions_missing(tmp_path):
     fixed = ClassList(tuple(name for name, _, _ in TONE_CLASSES))
     ds2 = ManifestDataset(man, fixed, sr, 3000)
     assert ds2.report.unknown_labels == {"barking": 1}
+
+
+def test_one_opener_for_the_three_layouts(tmp_path):
+    assert guess_format("a/b.csv") == "manifest" and guess_format("a/b.csv", audio_dir="clips") == "audioset"
+    assert guess_format("packs/x.H5") == "hdf5" and guess_format(["p1.hdf5", "p2.hdf5"]) == "hdf5"
+    sr = 8000
+    items = write_tone_corpus(tmp_path / "wav", sr, 2000, per_class=1, seed=2, pairs=0)
+    man = tmp_path / "train.csv"
+    write_manifest(man, items, "wav")
+    ds = open_weak_dataset(man, format=None, classes=None, sample_rate=sr, clip_samples=3000)
+    assert isinstance(ds, ManifestDataset) and len(ds) == len(items)
+    with pytest.raises(DatasetError, match="audio_dir"):
+        open_weak_dataset(man, format="audioset", classes=None, sample_rate=sr, clip_samples=3000)
+    with pytest.raises(DatasetError, match="unknown data format 'wav'"):
+        open_weak_dataset(man, format="wav", classes=None, sample_rate=sr, clip_samples=3000)
 
 
 def test_manifest_requires_columns(tmp_path):

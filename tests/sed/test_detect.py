@@ -8,10 +8,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from separator.audio import save
+from qsep_core.audio import save
 from separator.checkpoint import Component, save_model
 from separator.cli import app
-from separator.config import to_dict
+from qsep_core.config import to_dict
 from sed.config import htsat_config
 from sed.detect import Event, events_from_framewise
 from sed.htsat import HTSAT

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from separator.config import ConfigError, from_dict, to_dict
+from qsep_core.config import ConfigError, from_dict, to_dict
 from sed.config import PRESETS, HTSATConfig, htsat_config
 from sed.features import fold_to_image, log_mel, mel_filterbank, stft_kernels, tile_frames
 from sed.htsat import HTSAT, build_from_config, relative_position_index, shift_attention_mask

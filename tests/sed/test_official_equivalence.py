@@ -12,6 +12,7 @@ import gc
 import json
 
 import numpy as np
+import pytest
 import torch
 
 import sed
@@ -67,6 +68,7 @@ def test_htsat_audioset_matches_official(official_dir, synth, tmp_path):
     _compare(model, fx["input_wave_2s"], fx, "infer2s_", "2-s infer-mode forward")
 
 
+@pytest.mark.slow
 def test_zsass_stsed_matches_official(official_dir, synth, tmp_path):
     fx, seed = _fixture(official_dir, "zsass_stsed_2048d.npz")
     sd = synth.make_state_dict(synth.ZSASS_MANIFEST, seed, include=lambda k: k.startswith("at_model."))

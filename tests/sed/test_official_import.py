@@ -75,7 +75,7 @@ def test_wrong_mel_kernel_is_refused(tiny_official):
 
 def test_wrong_stft_kernel_is_refused(tiny_official):
     _, sd = tiny_official
-    sym = stft_kernels(htsat_config("tiny", periodic_window=False))[0]  # symmetric Hann
+    sym = stft_kernels(htsat_config("tiny", periodic=False))[0]  # symmetric Hann
     bad = dict(sd, **{P + "spectrogram_extractor.stft.conv_real.weight": sym})
     with pytest.raises(OfficialCheckpointError, match=r"conv_real\.weight differs"):
         convert_htsat_state_dict(bad, "tiny", P)
@@ -167,7 +167,7 @@ def test_load_detector_errors(tmp_path):
         sed.load_detector(tmp_path / "missing")
     cfg = htsat_config("tiny", num_classes=2)
     model = HTSAT(cfg)
-    from separator.config import to_dict
+    from qsep_core.config import to_dict
 
     save_model(tmp_path / "enc", {"audio_encoder": Component("htsat", to_dict(cfg), model.state_dict())},
                metadata={"class_names": ["a", "b"]})

@@ -12,7 +12,7 @@ import torchaudio
 from torch import nn
 
 from separator.checkpoint import ModelFolder, load_strict
-from separator.config import ConfigError
+from qsep_core.config import ConfigError
 from sed.data import ClassList, ManifestDataset
 from sed.train import (
     NetworkSpec,
@@ -324,6 +324,7 @@ def test_resume_after_kill_continues_from_checkpoint_step(tmp_path):
     assert fresh.first == 0
 
 
+@pytest.mark.slow
 def test_real_tiny_htsat_learns_tones_and_exports_a_loadable_detector(tmp_path):
     """The `tiny` HTS-AT preset (1-s clips) through the default network factory and the qsep model folder."""
     from sed.train import build_network

@@ -5,10 +5,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from separator import audio
+from qsep_core import audio
 from separator.api import SeparationResult, Separator
 from separator.checkpoint import CheckpointError, Component, ModelFolder, save_model
-from separator.config import to_dict
+from qsep_core.config import to_dict
 from separator.models import QueryUNet, QueryUNetConfig
 
 COND_DIM = 6

@@ -7,7 +7,7 @@ from torch import nn
 
 from separator import checkpoint
 from separator.checkpoint import CheckpointError, Component, ModelFolder, load_strict, save_model
-from separator.config import ConfigError, from_dict, from_yaml, override, to_dict
+from qsep_core.config import ConfigError, from_dict, from_yaml, override, to_dict
 
 
 class Tiny(nn.Module):
@@ -170,7 +170,7 @@ def test_safetensors_reader_names_a_truncated_file(tmp_path, tiny_builder):
 
 def test_load_config_layers_defaults_yaml_and_overrides(tmp_path):
     """One loader for every training config: defaults <- YAML <- KEY=VALUE or dotted/nested overrides."""
-    from separator.config import load_config, nested_overrides
+    from qsep_core.config import load_config, nested_overrides
 
     @dataclass
     class Inner:

@@ -77,6 +77,7 @@ def _compare(model, synth, fixture):
     np.testing.assert_allclose(out["mask_logits"].numpy(), fixture["mask_logits"], rtol=0, atol=LOGITS_ATOL)
 
 
+@pytest.mark.slow
 def test_separator_equivalence_fast(synth, fixture):
     """Separator tensors only (no ST-SED): convert, run the two 2-s mixtures, compare with the official outputs."""
     seed = int(fixture["meta"]["seed"])

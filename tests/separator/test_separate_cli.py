@@ -6,11 +6,11 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from separator import audio
+from qsep_core import audio
 from separator.api import Separator, output_path, slugify
 from separator.checkpoint import Component, save_model
 from separator.cli import app
-from separator.config import to_dict
+from qsep_core.config import to_dict
 from separator.models import build_from_config, preset
 
 runner = CliRunner()

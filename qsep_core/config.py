@@ -2,7 +2,8 @@
 
 One source of truth per fact: a preset is a dict of field values (data, not
 code), a YAML file overlays some fields, and unknown fields are an error that
-names them.
+names them. A dataclass that renamed a field lists ``{old: new}`` in a class attribute
+``RENAMED_FIELDS``; the old name is still read (files written before the rename keep loading).
 """
 from __future__ import annotations
 
@@ -14,7 +15,10 @@ from typing import Any, Mapping, Sequence, TypeVar
 
 import yaml
 
-__all__ = ["ConfigError", "to_dict", "from_dict", "override", "load_yaml", "from_yaml", "nested_overrides", "load_config"]
+__all__ = [
+    "ConfigError", "to_dict", "from_dict", "override", "load_yaml", "from_yaml", "nested_overrides", "load_config",
+    "upgrade_fields",
+]
 
 C = TypeVar("C")
 
@@ -63,10 +67,42 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
     return value
 
 
+def upgrade_fields(cls: Any, data: Mapping[str, Any]) -> dict[str, Any]:
+    """``data`` (top-level fields of dataclass ``cls``) with old field names (``cls.RENAMED_FIELDS``) renamed.
+
+    Use it to compare a stored config dict with a freshly written one.
+
+    Raises:
+        ConfigError: a field is given under both its old and its new name.
+    """
+    return dict(_renamed(cls, data, cls.__name__))
+
+
+def _renamed(cls: Any, data: Mapping[str, Any], where: str) -> Mapping[str, Any]:
+    """``data`` with the old field names of ``cls.RENAMED_FIELDS`` replaced by the new ones."""
+    renames: Mapping[str, str] = getattr(cls, "RENAMED_FIELDS", {})
+    old = [k for k in data if k in renames]
+    if not old:
+        return data
+    out = dict(data)
+    for k in old:
+        new = renames[k]
+        if new in out:
+            raise ConfigError(f"{where}: {k!r} is the old name of {new!r}; give only {new!r}")
+        out[new] = out.pop(k)
+    return out
+
+
 def from_dict(cls: type[C], data: Mapping[str, Any], _where: str = "") -> C:
-    """Build dataclass ``cls`` from ``data``; unknown keys raise :class:`ConfigError` naming them."""
+    """Build dataclass ``cls`` from ``data``.
+
+    Raises:
+        ConfigError: ``data`` is not a mapping, has unknown keys (named, with the valid ones), or
+            holds a value the dataclass rejects.
+    """
     if not isinstance(data, Mapping):
         raise ConfigError(f"{_where or cls.__name__}: expected a mapping, got {type(data).__name__}")
+    data = _renamed(cls, data, _where or cls.__name__)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
     if unknown:
@@ -84,24 +120,33 @@ def from_dict(cls: type[C], data: Mapping[str, Any], _where: str = "") -> C:
 
 
 def override(cfg: C, changes: Mapping[str, Any]) -> C:
-    """Copy of ``cfg`` with ``changes`` applied (nested dataclasses are merged field by field)."""
+    """Copy of ``cfg`` with ``changes`` applied (nested dataclasses are merged field by field).
+
+    Raises:
+        ConfigError: a changed field does not exist (named, with the valid ones) or its value is rejected.
+    """
     base = to_dict(cfg)
 
-    def merge(into: dict, upd: Mapping, where: str) -> None:
+    def merge(into: dict, upd: Mapping, where: str, node: Any) -> None:
+        upd = _renamed(type(node), upd, where) if dataclasses.is_dataclass(node) else upd
         for k, v in upd.items():
             if k not in into:
                 raise ConfigError(f"{where}: unknown field {k!r}; valid fields are {sorted(into)}")
             if isinstance(into[k], dict) and isinstance(v, Mapping):
-                merge(into[k], v, f"{where}.{k}")
+                merge(into[k], v, f"{where}.{k}", getattr(node, k, None))
             else:
                 into[k] = v
 
-    merge(base, changes, type(cfg).__name__)
+    merge(base, changes, type(cfg).__name__, cfg)
     return from_dict(type(cfg), base)
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML mapping (empty file: empty dict)."""
+    """Read a YAML mapping (empty file: empty dict).
+
+    Raises:
+        ConfigError: the file is missing or its top level is not a mapping.
+    """
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
@@ -113,7 +158,11 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 
 
 def from_yaml(cfg: C, path: str | Path) -> C:
-    """``cfg`` with the fields set in the YAML file at ``path`` overridden."""
+    """``cfg`` with the fields set in the YAML file at ``path`` overridden.
+
+    Raises:
+        ConfigError: the file is missing or sets an unknown field (the message names the file).
+    """
     try:
         return override(cfg, load_yaml(path))
     except ConfigError as exc:
@@ -125,6 +174,10 @@ def nested_overrides(overrides: Sequence[str] | Mapping[str, Any] | None) -> dic
 
     ``overrides``: ``["data.batch_size=8", "lr=3e-4"]`` (values parsed as YAML), or a mapping whose
     keys may be dotted (``{"data.batch_size": 8}``) or nested (``{"data": {"batch_size": 8}}``).
+
+    Raises:
+        ConfigError: an item is not ``KEY=VALUE``, its value is not valid YAML, or a key sets both a
+            value and fields below it.
     """
     if overrides is None:
         return {}
@@ -168,7 +221,10 @@ def load_config(cls: type[C], path: str | Path | None = None,
                 overrides: Sequence[str] | Mapping[str, Any] | None = None) -> C:
     """Dataclass ``cls``: its defaults <- the YAML file at ``path`` <- ``overrides`` (see :func:`nested_overrides`).
 
-    Sections merge field by field; an unknown field anywhere is a :class:`ConfigError` naming it (and the file).
+    Sections merge field by field.
+
+    Raises:
+        ConfigError: the file is missing or malformed, or a field anywhere is unknown (named, with the file).
     """
     data: dict[str, Any] = load_yaml(path) if path is not None else {}
     _merge_into(data, nested_overrides(overrides), "")

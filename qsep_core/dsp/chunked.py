@@ -210,9 +210,9 @@ def chunked_apply_stream(
 
     Args:
         read: ``read(start, n)`` returns ``(*lead, <= n)`` samples from ``start``
-            (e.g. :meth:`separator.audio.AudioReader.read`).
+            (e.g. :meth:`qsep_core.audio.AudioReader.read`).
         write: receives consecutive ``(*out_lead, m)`` blocks of finished output,
-            in order, ``length`` samples in all (e.g. :meth:`separator.audio.AudioWriter.write`).
+            in order, ``length`` samples in all (e.g. :meth:`qsep_core.audio.AudioWriter.write`).
         length: total input length in samples.
 
     The other arguments are those of :func:`chunked_apply`, which gives the same samples.

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from separator.audio import AudioReader, AudioWriter, load, save
-from separator.dsp import StftConfig, chunked_apply, chunked_apply_stream, istft, magphase, plan_chunks, stft, taper_window
+from qsep_core.audio import AudioReader, AudioWriter, load, save
+from qsep_core.dsp import StftConfig, chunked_apply, chunked_apply_stream, istft, magphase, plan_chunks, stft, taper_window
 
 
 @pytest.mark.parametrize("shape", [(1000,), (3, 4097), (2, 2, 32000), (1, 1, 321)])

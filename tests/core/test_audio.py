@@ -7,7 +7,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from separator import audio
+from qsep_core import audio
 
 
 def tone(freq=1000.0, sr=44100, seconds=1.0, channels=1, amp=0.5):

@@ -1,0 +1,123 @@
+"""Atomic writes: build a file or folder under a temporary name next to its destination, then rename.
+
+A reader never sees a half-written file, an interrupted write leaves the destination as it was,
+and two writers never share a temporary name (each gets its own from :mod:`tempfile`).
+Temporary names are ``.<name>.<random>.part`` in the destination's folder (same file system,
+so the final :func:`os.replace` is atomic).
+
+Use :class:`AtomicPath` as a context manager (commit on success, clean up on error)::
+
+    with AtomicPath("model.safetensors") as tmp:
+        save_file(tensors, tmp)
+
+or hold it open and call :meth:`AtomicPath.commit` / :meth:`AtomicPath.abort` yourself (a writer
+that streams blocks). :func:`atomic_write_text` writes a whole text file in one call.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+__all__ = ["AtomicPath", "atomic_write_text", "PART_SUFFIX"]
+
+#: suffix of every temporary file or folder (``.gitignore`` lists it)
+PART_SUFFIX = ".part"
+
+
+class AtomicPath:
+    """A temporary sibling of ``dest`` that replaces ``dest`` when committed.
+
+    Args:
+        dest: the final path.
+        directory: make a temporary folder instead of a file.
+        overwrite: whether :meth:`commit` may replace an existing ``dest``.
+
+    Attributes:
+        dest: the final path.
+        tmp: the temporary path (exists, empty, until committed or aborted).
+
+    Raises:
+        FileNotFoundError: the folder of ``dest`` does not exist.
+        FileExistsError: ``dest`` exists and ``overwrite`` is False (checked here and again at commit).
+        OSError: the temporary file or folder cannot be created.
+    """
+
+    def __init__(self, dest: str | os.PathLike, *, directory: bool = False, overwrite: bool = True):
+        self.dest = Path(dest)
+        self.directory = directory
+        self.overwrite = overwrite
+        folder = self.dest.parent
+        if not folder.is_dir():
+            raise FileNotFoundError(f"cannot write {self.dest}: folder {folder} does not exist")
+        self._check_free()
+        prefix = f".{self.dest.name}."
+        if directory:
+            self.tmp: Path | None = Path(tempfile.mkdtemp(prefix=prefix, suffix=PART_SUFFIX, dir=folder))
+        else:
+            fd, name = tempfile.mkstemp(prefix=prefix, suffix=PART_SUFFIX, dir=folder)
+            os.close(fd)
+            self.tmp = Path(name)
+
+    def _check_free(self) -> None:
+        if not self.overwrite and self.dest.exists():
+            raise FileExistsError(f"{self.dest} exists; refusing to overwrite it")
+
+    def commit(self) -> Path:
+        """Move the temporary path over the destination; returns the destination.
+
+        Raises:
+            FileExistsError: ``dest`` appeared meanwhile and ``overwrite`` is False (the temporary is removed).
+            OSError: the rename failed (the temporary is removed, the destination is unchanged).
+        """
+        if self.tmp is None:
+            raise RuntimeError(f"{self.dest}: this atomic write was already committed or aborted")
+        try:
+            self._check_free()
+            if self.directory and self.dest.exists():
+                # a folder cannot be replaced in one rename: move the old one aside first
+                old = self.dest.with_name(f".{self.dest.name}.old")
+                shutil.rmtree(old, ignore_errors=True)
+                os.replace(self.dest, old)
+                os.replace(self.tmp, self.dest)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(self.tmp, self.dest)
+        except BaseException:
+            self.abort()
+            raise
+        self.tmp = None
+        return self.dest
+
+    def abort(self) -> None:
+        """Remove the temporary path; the destination stays as it was. Safe to call twice."""
+        if self.tmp is None:
+            return
+        if self.directory:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+        else:
+            self.tmp.unlink(missing_ok=True)
+        self.tmp = None
+
+    def __enter__(self) -> Path:
+        assert self.tmp is not None
+        return self.tmp
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.commit()
+        else:
+            self.abort()
+
+
+def atomic_write_text(path: str | os.PathLike, text: str, *, overwrite: bool = True) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically; returns ``path``.
+
+    Raises:
+        FileNotFoundError: the folder of ``path`` does not exist.
+        FileExistsError: ``path`` exists and ``overwrite`` is False.
+    """
+    with AtomicPath(path, overwrite=overwrite) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
