@@ -26,6 +26,13 @@ __all__ = ["AtomicPath", "atomic_write_text", "PART_SUFFIX"]
 PART_SUFFIX = ".part"
 
 
+def _umask() -> int:
+    """The process umask (read by setting and restoring it)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 class AtomicPath:
     """A temporary sibling of ``dest`` that replaces ``dest`` when committed.
 
@@ -59,6 +66,8 @@ class AtomicPath:
             fd, name = tempfile.mkstemp(prefix=prefix, suffix=PART_SUFFIX, dir=folder)
             os.close(fd)
             self.tmp = Path(name)
+        # tempfile creates 0600 / 0700; the result should have the permissions a plain open() would give it
+        os.chmod(self.tmp, (0o777 if directory else 0o666) & ~_umask())
 
     def _check_free(self) -> None:
         if not self.overwrite and self.dest.exists():

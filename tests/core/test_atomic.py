@@ -57,3 +57,20 @@ def test_folder_replaced_whole(tmp_path):
 def test_missing_folder_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         atomic_write_text(tmp_path / "nope" / "a.txt", "x")
+
+
+def test_results_get_the_permissions_of_a_plain_write(tmp_path):
+    """tempfile makes 0600 files and 0700 folders; a committed result must be readable like any new file."""
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        with AtomicPath(tmp_path / "out.wav") as tmp:
+            tmp.write_bytes(b"x")
+        with AtomicPath(tmp_path / "model", directory=True) as tmp:
+            (tmp / "a").write_text("y")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "out.wav").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "model").stat().st_mode) == 0o755
