@@ -68,7 +68,9 @@ class MixtureSetConfig:
         segment_seconds: length of each source segment.
         mixtures_per_class: mixtures per evaluated class (targets are reused when a class has fewer clips).
         query_examples: audio-query examples per class, drawn from clips of the class that are
-            not targets of that class's mixtures (fewer when the class has no spare clips).
+            never targets of its mixtures: the clips beyond ``mixtures_per_class``, or, for a small
+            class, one clip taken out of the target pool (at least one clip always stays a target; a
+            class with a single clip has no audio query, and audio-query evaluation skips it).
         ratio_clip: bounds of the RMS-matching gain applied to the interferer.
         seed: seed of every random choice.
     """
@@ -205,7 +207,7 @@ def build_mixture_set(
             raise ValueError(f"class {cls!r} has no clip in the corpus")
         order = torch.randperm(len(targets), generator=gen).tolist()
         spare = len(targets) - config.mixtures_per_class
-        n_query = min(config.query_examples, max(spare, 0)) if len(targets) > 1 else 0
+        n_query = min(config.query_examples, max(spare, 1)) if len(targets) > 1 else 0
         query_audio[cls] = [targets[i].path for i in order[:n_query]]
         pool = [targets[i] for i in order[n_query:]] or [targets[order[0]]]
         for k in range(config.mixtures_per_class):
@@ -287,19 +289,23 @@ def evaluate_mixtures(
 
     Returns:
         ``{"per_class": {cls: {"sdr", "sdri", "si_sdri", "n", "held_out"}}, "seen": {...}, "held_out": {...},
-        "mixtures": [per-mixture rows]}``: dB; per class the mean over its mixtures, per group the mean over
+        "mixtures": [per-mixture rows], "skipped": {class: mixtures not evaluated}}`` (audio queries of a
+        class without an example clip are skipped): dB; per class the mean over its mixtures, per group the mean over
         classes (``sdr``, ``sdri``, ``si_sdri``) and the median over mixtures (``sdri_median``, ``si_sdri_median``).
     """
     if query_kind not in QUERY_KINDS:
         raise ValueError(f"unknown query kind {query_kind!r}; choose one of {QUERY_KINDS}")
     held = set(held_out)
     rows = []
+    skipped: dict[str, int] = {}
     for i, spec in enumerate(specs):
         mix, tgt, interferer = render_mixture(spec, config)
         cls = spec.target_class
         examples = tuple((query_audio or {}).get(cls, ()))
-        if query_kind == "audio" and not examples:
-            raise ValueError(f"no audio-query examples for class {cls!r}: the corpus has no spare clip of it")
+        if query_kind == "audio" and not examples:  # a single clip of the class: it cannot also be the example
+            skipped.setdefault(cls, 0)
+            skipped[cls] += 1
+            continue
         query = Query(kind=query_kind, label=cls, text=(texts or {}).get(cls, cls), audio=examples)
         refs = {query: tgt, INTERFERER: interferer} if estimator.needs_references else None
         est = estimator.estimate(mix, config.sample_rate, query, references=refs)
@@ -336,7 +342,7 @@ def evaluate_mixtures(
                 **{f"{k}_median": _median([r[k] for r in rs]) for k in ("sdri", "si_sdri")}, "classes": len(cs)}
 
     return {"method": estimator.name, "query_kind": query_kind, "per_class": per_class, "seen": _group(False), "held_out": _group(True),
-            "mixtures": rows}
+            "mixtures": rows, "skipped": skipped}
 
 
 def results_markdown(results: Mapping[str, Any]) -> str:

@@ -262,3 +262,20 @@ def test_cli_musdb_with_a_real_tiny_model(tiny_musdb, tmp_path):
     assert row["method"] == "model" and row["tracks"] == 1
     assert all(np.isfinite(v) for v in row["sdr"].values())
     assert np.load(out / "queries" / "drums.npy").shape == (hc.latent_dim,)
+
+
+def test_small_classes_keep_examples_apart_and_single_clip_classes_skip_audio_queries(tmp_path):
+    """Query examples are never targets, even for a class with fewer clips than mixtures; a class with one clip has
+    no example, so audio-query evaluation skips (and counts) its mixtures instead of failing the whole run."""
+    items = mx.read_manifest(_corpus(tmp_path))
+    single = mx.CorpusItem(path=items[0].path, labels=("solo",))
+    items = [it for it in items if it.path != single.path] + [single]
+    cfg = mx.MixtureSetConfig(mixtures_per_class=5, query_examples=3, sample_rate=16000)
+    specs, qa = mx.build_mixture_set(items, ["low", "solo"], cfg)
+    n_low = sum("low" in it.labels for it in items)
+    assert len(qa["low"]) == 1 and n_low == 2  # fewer clips than mixtures: one example, the other clip is the target
+    assert all(s.target not in qa[s.target_class] for s in specs)
+    assert qa["solo"] == []
+    probe = ConditionEstimator(separate=lambda w, sr, q: w, name="probe")
+    res = mx.evaluate_mixtures(specs, probe, held_out=[], query_kind="audio", query_audio=qa, config=cfg)
+    assert res["skipped"] == {"solo": 5} and set(res["per_class"]) == {"low"}
