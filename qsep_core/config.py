@@ -227,7 +227,13 @@ def load_config(cls: type[C], path: str | Path | None = None,
         ConfigError: the file is missing or malformed, or a field anywhere is unknown (named, with the file).
     """
     data: dict[str, Any] = load_yaml(path) if path is not None else {}
-    _merge_into(data, nested_overrides(overrides), "")
+    # old top-level field names (RENAMED_FIELDS) are renamed in each source, so an override under
+    # either name replaces the file's value under either name
+    try:
+        data = dict(_renamed(cls, data, str(path) if path is not None else cls.__name__))
+    except ConfigError:
+        pass  # both names in the file: from_dict below reports it with the file name
+    _merge_into(data, dict(_renamed(cls, nested_overrides(overrides), "overrides")), "")
     try:
         return from_dict(cls, data)
     except ConfigError as exc:

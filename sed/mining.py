@@ -56,6 +56,7 @@ from qsep_core.manifest import (
     write_meta,
     write_shard,
 )
+from qsep_core.training import PlacementConfig
 
 __all__ = [
     "Anchor",
@@ -183,16 +184,15 @@ def find_anchors(
 # the driver
 # ----------------------------------------------------------------------------------------------
 @dataclass
-class MiningConfig(ManifestContent):
+class MiningConfig(ManifestContent, PlacementConfig):
     """Options of a mining run: the content settings of :class:`qsep_core.manifest.ManifestContent`
-    (recorded in ``mining.json``) and how the run executes (these may change between resumes)."""
+    (recorded in ``mining.json``) and how the run executes (these may change between resumes): the
+    placement fields of :class:`qsep_core.training.PlacementConfig` (defaults here: one device, ``32-true``),
+    ``batch_size``, ``num_workers``, ``progress``."""
 
     batch_size: int = 8
     num_workers: int = 0
-    accelerator: str = "auto"
     devices: int | str = 1
-    num_nodes: int = 1
-    strategy: str = "auto"
     precision: str = "32-true"
     progress: bool = False
 
@@ -510,11 +510,7 @@ def mine(
     module = _MiningModule(detector, cfg, sample_rate, names)
     writer = _ShardWriter(out, pending, cfg, _segment_samples(cfg, sample_rate), on_shard_written)
     trainer = L.Trainer(
-        accelerator=cfg.accelerator,
-        devices=cfg.devices,
-        num_nodes=cfg.num_nodes,
-        strategy=cfg.strategy,
-        precision=cfg.precision,
+        **cfg.trainer_placement(),
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=cfg.progress,

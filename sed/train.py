@@ -10,8 +10,9 @@ Pieces (lightning-hydra-template style: the network is a plain ``nn.Module`` pas
   the classes that have a positive clip in the validation set; the others are excluded and
   counted) and per-class AP.
 - :class:`SEDDataModule`: datasets of :mod:`sed.data`, the balanced sampler, loaders.
-- :func:`train_sed`: runs ``lightning.Trainer`` (CPU, one GPU or ``devices=N`` DDP), keeps
-  ``last.ckpt`` for resuming after a kill, and exports the best model as a qsep model folder.
+- :func:`train_sed`: runs :func:`qsep_core.training.run_training` (CPU, one GPU or ``devices=N``
+  DDP), which keeps ``last.ckpt`` for resuming after a kill; exports the best model as a qsep
+  model folder on rank 0.
 
 Distributed training: the trainer runs with ``use_distributed_sampler=False``; the training
 sampler (balanced or shuffled) draws one global, seeded sequence per epoch and each rank
@@ -62,6 +63,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from qsep_core.config import ConfigError, load_config, to_dict, upgrade_fields
 from qsep_core.extras import require
+from qsep_core.training import BestCheckpoint, RunConfig, RunResult, begin_run, run_training, warmup_scheduler
 from sed.data import (
     DATA_FORMATS,
     ClassList,
@@ -144,8 +146,13 @@ class SEDDataConfig:
 
 
 @dataclass
-class SEDTrainingConfig:
-    """Everything about one SED training run (YAML files overlay these fields)."""
+class SEDTrainingConfig(RunConfig):
+    """Everything about one SED training run (YAML files overlay these fields).
+
+    Placement (``accelerator``, ``devices``, ``num_nodes``, ``strategy``, ``precision``), ``seed``,
+    ``resume``, ``checkpoint_every_n_steps``, ``log_every_n_steps`` and ``progress`` are the fields of
+    :class:`qsep_core.training.RunConfig`.
+    """
 
     data: SEDDataConfig = field(default_factory=SEDDataConfig)
     model: str = "tiny"  # HTS-AT preset name (sed.config.PRESETS)
@@ -165,20 +172,13 @@ class SEDTrainingConfig:
     grad_clip: float = 1.0
     mixup_alpha: float = 0.5  # 0 disables mixup
     spec_augment: SpecAugmentConfig = field(default_factory=SpecAugmentConfig)
-    seed: int = 0
-    precision: str = "32-true"
-    accelerator: str = "auto"
-    devices: Any = "auto"
-    num_nodes: int = 1
-    strategy: str = "auto"
+    precision: str = "32-true"  # RunConfig field, SED's default
     sync_batchnorm: bool = True  # under DDP on GPUs (ignored on CPU)
     val_every_n_steps: int | None = None  # None: once per epoch
     limit_val_batches: Any = 1.0
-    checkpoint_every_n_steps: int = 200
-    log_every_n_steps: int = 50
+    checkpoint_every_n_steps: int = 200  # RunConfig field, SED's default
     log_per_class_ap: bool = True
     out_dir: str = "runs/sed"
-    resume: bool = True
 
     def __post_init__(self) -> None:
         if self.lr_schedule not in ("official", "warmup_cosine", "warmup_constant"):
@@ -299,16 +299,6 @@ def official_lr_scale(epoch: int, warmup_scales: Sequence[float] = (0.02, 0.05, 
     if pos < -n:
         return max(float(warmup_scales[0]) * 0.98**epoch, 0.03)
     return float(warmup_scales[pos])
-
-
-def warmup_scale(step: int, warmup_steps: int, total_steps: int, cosine: bool, min_ratio: float) -> float:
-    """Linear warm-up from ``1/warmup_steps`` to 1, then constant or cosine down to ``min_ratio``."""
-    if warmup_steps > 0 and step < warmup_steps:
-        return (step + 1) / warmup_steps
-    if not cosine or total_steps <= warmup_steps:
-        return 1.0
-    t = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * t))
 
 
 # --------------------------------------------------------------------------------------------
@@ -474,11 +464,9 @@ class SEDModule(L.LightningModule):
             )
             return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
         total = cfg.max_steps if cfg.max_steps and cfg.max_steps > 0 else 0
-        cosine = cfg.lr_schedule == "warmup_cosine"
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda s: warmup_scale(s, cfg.warmup_steps, total, cosine, cfg.min_lr_ratio)
-        )
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        return {"optimizer": opt, "lr_scheduler": warmup_scheduler(
+            opt, warmup_steps=cfg.warmup_steps, total_steps=total, cosine=cfg.lr_schedule == "warmup_cosine",
+            min_ratio=cfg.min_lr_ratio)}
 
 
 # --------------------------------------------------------------------------------------------
@@ -692,17 +680,10 @@ def train_sed(cfg: SEDTrainingConfig, network_factory: NetworkFactory | None = N
     ``checkpoints/best-*.ckpt`` (highest ``val_mAP``), ``logs/`` (CSV metrics),
     ``config.yaml`` (the resolved config) and ``model/``.
     """
-    import yaml
-    from lightning.pytorch.callbacks import ModelCheckpoint
-    from lightning.pytorch.loggers import CSVLogger
-
     from qsep_core.checkpoint import Component, save_model
 
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
     out = Path(cfg.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-
+    begin_run(cfg, out)
     classes = build_classes(cfg.data)
     spec = (network_factory or build_network)(cfg, len(classes))
     if cfg.init_from:
@@ -711,63 +692,27 @@ def train_sed(cfg: SEDTrainingConfig, network_factory: NetworkFactory | None = N
     dm = SEDDataModule(cfg, train_set, val_set)
     module = SEDModule(spec.module, cfg, classes)
 
-    ckdir = out / "checkpoints"
-    last_cb = ModelCheckpoint(dirpath=ckdir, filename="step{step}", save_top_k=0, save_last=True, every_n_train_steps=cfg.checkpoint_every_n_steps)
-    callbacks: list[L.Callback] = [last_cb, _EpochToDataset()]
-    best_cb = None
-    if val_set is not None:
-        best_cb = ModelCheckpoint(
-            dirpath=ckdir, filename="best-step{step}-map{val_mAP:.4f}", monitor=VAL_METRIC, mode="max", save_top_k=1, auto_insert_metric_name=False
-        )
-        callbacks.append(best_cb)
-    kwargs: dict[str, Any] = dict(
-        accelerator=cfg.accelerator,
-        devices=cfg.devices,
-        num_nodes=cfg.num_nodes,
-        strategy=cfg.strategy,
-        precision=cfg.precision,
-        max_steps=cfg.max_steps,
-        max_epochs=cfg.max_epochs if cfg.max_epochs is not None else (-1 if cfg.max_steps > 0 else None),
+    extra: dict[str, Any] = dict(
         gradient_clip_val=cfg.grad_clip or None,
         # SyncBatchNorm only works on CUDA modules (DDP on CPU refuses it)
         sync_batchnorm=cfg.sync_batchnorm and cfg.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available(),
-        use_distributed_sampler=False,
-        log_every_n_steps=cfg.log_every_n_steps,
         limit_val_batches=cfg.limit_val_batches if val_set is not None else 0,
-        num_sanity_val_steps=0,
-        logger=CSVLogger(str(out), name="logs", version=""),
-        callbacks=callbacks,
-        default_root_dir=str(out),
-        enable_model_summary=False,
     )
     if cfg.val_every_n_steps:
-        kwargs.update(val_check_interval=int(cfg.val_every_n_steps), check_val_every_n_epoch=None)
-    extra = dict(trainer_kwargs or {})
-    if "callbacks" in extra:
-        callbacks.extend(extra.pop("callbacks"))
-    kwargs.update(extra)
-    trainer = L.Trainer(**kwargs)
-
-    last = ckdir / "last.ckpt"
-    ckpt_path = str(last) if cfg.resume and last.is_file() else None
-    if ckpt_path:
-        log.info("resuming from %s", ckpt_path)
-    trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
-
-    best = best_cb.best_model_path if best_cb is not None and best_cb.best_model_path else None
-    if val_set is not None:
-        # the exported weights' own metrics (loads the best checkpoint when there is one)
-        trainer.validate(module, datamodule=dm, ckpt_path=best, verbose=False)
+        extra.update(val_check_interval=int(cfg.val_every_n_steps), check_val_every_n_epoch=None)
+    extra.update(trainer_kwargs or {})
     model_dir = out / "model"
-    if trainer.is_global_zero:
+
+    def export(result: RunResult) -> Path:
         res = module.val_result
         per = res.get("per_class")
+        best = result.best
         meta = {
             "task": "sound_event_detection",
             "class_names": list(classes.names),
             "class_mids": list(classes.mids),
             "training_config": to_dict(cfg),
-            "global_step": int(trainer.global_step),
+            "global_step": int(result.trainer.global_step),
             "best_checkpoint": os.path.relpath(best, out) if best else None,
             "val_mAP": None if not res or math.isnan(res["mAP"]) else float(res["mAP"]),
             "val_classes_without_positives": res.get("excluded"),
@@ -777,7 +722,16 @@ def train_sed(cfg: SEDTrainingConfig, network_factory: NetworkFactory | None = N
             "train_missing_clips": len(train_set.report.missing),
             "val_missing_clips": None if val_set is None else len(val_set.report.missing),
         }
-        net = module.net
-        state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
-        save_model(model_dir, {DETECTOR_COMPONENT: Component(spec.kind, spec.config, state)}, metadata=json.loads(json.dumps(meta)), overwrite=True)
+        state = {k: v.detach().cpu() for k, v in module.net.state_dict().items()}
+        return save_model(model_dir, {DETECTOR_COMPONENT: Component(spec.kind, spec.config, state)},
+                          metadata=json.loads(json.dumps(meta)), overwrite=True)
+
+    best = None
+    if val_set is not None:
+        best = BestCheckpoint(VAL_METRIC, "max", "best-step{step}-map{val_mAP:.4f}", auto_insert_metric_name=False)
+    run_training(
+        module, dm, cfg, out_dir=out, max_steps=cfg.max_steps, max_epochs=cfg.max_epochs, best=best,
+        # the exported weights' own metrics (loads the best checkpoint when there is one)
+        validate_best=val_set is not None, export=export, callbacks=[_EpochToDataset()], trainer_kwargs=extra,
+    )
     return model_dir

@@ -37,7 +37,7 @@ import os
 import zlib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, ClassVar, Iterator, Mapping, Sequence
 
 import lightning as L
 import torch
@@ -47,7 +47,9 @@ from torch import nn
 from qsep_core import audio
 from qsep_core.config import ConfigError, load_config, to_dict
 from qsep_core.metrics import sdr, si_sdr
+from qsep_core.training import BestCheckpoint, RunConfig, RunResult, begin_run, run_training, warmup_scheduler
 from separator import augment
+from separator.losses import LOSSES
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +161,7 @@ class MixingConfig:
 
 
 @dataclass
-class SeparatorTrainingConfig:
+class SeparatorTrainingConfig(RunConfig):
     """Everything one separator training run needs (YAML files in ``configs/`` override these fields).
 
     Attributes:
@@ -171,7 +173,6 @@ class SeparatorTrainingConfig:
             ``cond_dim`` is filled from the data when not given.
         detector: model folder of the detector used for mining; its HTS-AT component is copied into the
             export as ``audio_encoder`` so audio queries work with the exported model.
-        seed: seed of the weights, the mixtures and the validation set.
         mixing: :class:`MixingConfig`.
         batch_size: mixtures per step per device.
         epoch_size: training mixtures per epoch (all devices together).
@@ -182,13 +183,17 @@ class SeparatorTrainingConfig:
         lr_schedule: ``warmup_constant`` (official: constant after warm-up) or ``warmup_cosine`` (cosine decay to
             ``min_lr_ratio * lr`` at ``max_steps``; needs ``max_steps``).
         grad_clip: gradient norm clip (None: off).
-        accelerator, devices, num_nodes, strategy: Lightning placement (``devices: 4`` -> DDP).
-        precision: ``auto`` = ``bf16-mixed`` on CUDA, ``32-true`` elsewhere; or any Lightning precision.
-        checkpoint_every_steps: also save ``last.ckpt`` this often (for resuming after a kill).
-        resume: continue from ``out_dir/checkpoints/last.ckpt`` when it exists.
         export: write ``out_dir/model`` from the best checkpoint at the end.
-        num_workers, progress, log_every_n_steps: loader / logging.
+        num_workers: DataLoader workers.
+
+    Placement (``accelerator``, ``devices``, ``num_nodes``, ``strategy``, ``precision``: ``auto`` = ``bf16-mixed``
+    on CUDA), ``seed`` (of the weights, the mixtures and the validation set), ``resume``,
+    ``checkpoint_every_n_steps`` (``last.ckpt`` this often, and at every epoch end), ``log_every_n_steps`` and
+    ``progress`` are the fields of :class:`qsep_core.training.RunConfig`. ``checkpoint_every_steps`` is the old
+    name of ``checkpoint_every_n_steps`` and is still read.
     """
+
+    RENAMED_FIELDS: ClassVar[dict[str, str]] = {"checkpoint_every_steps": "checkpoint_every_n_steps"}
 
     manifest: str = ""
     out_dir: str = "runs/separator"
@@ -196,7 +201,6 @@ class SeparatorTrainingConfig:
     model_preset: str = "resunet_film_small"
     model: dict[str, Any] = field(default_factory=dict)
     detector: str | None = None
-    seed: int = 0
     mixing: MixingConfig = field(default_factory=MixingConfig)
     batch_size: int = 16
     epoch_size: int = 8192
@@ -211,17 +215,8 @@ class SeparatorTrainingConfig:
     lr_schedule: str = "warmup_constant"
     min_lr_ratio: float = 0.05
     grad_clip: float | None = None
-    accelerator: str = "auto"
-    devices: Any = "auto"
-    num_nodes: int = 1
-    strategy: str = "auto"
-    precision: str = "auto"
-    checkpoint_every_steps: int = 500
-    resume: bool = True
     export: bool = True
     num_workers: int = 0
-    progress: bool = True
-    log_every_n_steps: int = 50
 
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:
@@ -262,33 +257,6 @@ def loudness_match(reference: torch.Tensor, other: torch.Tensor, ratio_min: floa
     return other * ratio.clamp(ratio_min, ratio_max)
 
 
-def _l1_loss(est: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
-    return (est - ref).abs().mean()
-
-
-def _sisdr_loss(est: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
-    return -si_sdr(estimate=est, reference=ref, dtype=None).mean()
-
-
-#: (n_fft, hop) of the multi-resolution STFT loss
-MRSTFT_RESOLUTIONS = ((512, 128), (1024, 256), (2048, 512))
-
-
-def _mrstft_loss(est: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
-    """Spectral convergence + log-magnitude L1, summed over :data:`MRSTFT_RESOLUTIONS`."""
-    from qsep_core.dsp import StftConfig, stft
-
-    total = est.new_zeros(())
-    for n_fft, hop in MRSTFT_RESOLUTIONS:
-        cfg = StftConfig(n_fft=n_fft, hop_length=hop, win_length=n_fft)
-        e = stft(est.float(), cfg).abs().clamp_min(1e-7)  # (batch, 1, freq, frames)
-        r = stft(ref.float(), cfg).abs().clamp_min(1e-7)
-        sc = torch.linalg.vector_norm(r - e, dim=(-2, -1)) / torch.linalg.vector_norm(r, dim=(-2, -1)).clamp_min(1e-7)
-        total = total + sc.mean() + (r.log() - e.log()).abs().mean()
-    return total
-
-
-LOSSES = {"l1": _l1_loss, "sisdr": _sisdr_loss, "mrstft": _mrstft_loss}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -728,7 +696,7 @@ class SeparatorModule(L.LightningModule):
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         est = self.model(batch["mixture"], batch["condition"])  # (batch, 1, T)
-        loss = self.loss_fn(est.float(), batch["target"])
+        loss = self.loss_fn(estimate=est.float(), reference=batch["target"])
         self.log("train/loss", loss, prog_bar=True, batch_size=est.shape[0])
         return loss
 
@@ -737,7 +705,7 @@ class SeparatorModule(L.LightningModule):
         ref, mix = batch["target"], batch["mixture"]
         n = est.shape[0]
         s = si_sdr(estimate=est, reference=ref, dtype=None)
-        self.log("val/loss", self.loss_fn(est, ref), sync_dist=True, batch_size=n)
+        self.log("val/loss", self.loss_fn(estimate=est, reference=ref), sync_dist=True, batch_size=n)
         self.log("val/sdr", sdr(estimate=est, reference=ref, dtype=None).mean(), sync_dist=True, batch_size=n)
         self.log("val/sisdr", s.mean(), sync_dist=True, batch_size=n)
         self.log("val/sisdri", (s - si_sdr(estimate=mix, reference=ref, dtype=None)).mean(), sync_dist=True,
@@ -751,11 +719,9 @@ class SeparatorModule(L.LightningModule):
             opt = torch.optim.Adam(params, lr=self.lr, weight_decay=self.weight_decay, amsgrad=self.amsgrad)
         if self.warmup_steps <= 0 and self.cosine_steps <= 0:
             return opt
-        from sed.train import warmup_scale
-
-        warm, total, floor = self.warmup_steps, self.cosine_steps, self.min_lr_ratio
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: warmup_scale(step, warm, total, total > 0, floor))
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        total = self.cosine_steps
+        return {"optimizer": opt, "lr_scheduler": warmup_scheduler(
+            opt, warmup_steps=self.warmup_steps, total_steps=total, cosine=total > 0, min_ratio=self.min_lr_ratio)}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -791,13 +757,6 @@ class _LightningDataModule(L.LightningDataModule):
 
     def val_dataloader(self) -> torch.utils.data.DataLoader | list:
         return self.dm.val_dataloader()  # [] without a validation set (the Trainer then has limit_val_batches=0)
-
-
-def _precision(config: SeparatorTrainingConfig) -> str:
-    if config.precision != "auto":
-        return config.precision
-    on_gpu = config.accelerator in ("gpu", "cuda") or (config.accelerator == "auto" and torch.cuda.is_available())
-    return "bf16-mixed" if on_gpu else "32-true"
 
 
 def export_checkpoint(ckpt_path: str | os.PathLike, model: nn.Module, kind: str, model_config: Mapping[str, Any],
@@ -836,16 +795,10 @@ def train_separator(config: SeparatorTrainingConfig) -> Path:
 
     Re-running the same config after a kill resumes from ``out_dir/checkpoints/last.ckpt``.
     """
-    import yaml
-    from lightning.pytorch.callbacks import ModelCheckpoint
-    from lightning.pytorch.loggers import CSVLogger
-
     if not config.manifest:
         raise ConfigError("manifest is not set: give the output folder of `qsep mine`")
     out = Path(config.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
-    L.seed_everything(config.seed, workers=True, verbose=False)
+    begin_run(config, out)
 
     if config.model_kind == "query_unet":
         from separator.models import preset
@@ -863,44 +816,11 @@ def train_separator(config: SeparatorTrainingConfig) -> Path:
     module = SeparatorModule(model, config.loss, config.optimizer, config.lr, config.weight_decay, config.amsgrad,
                              config.warmup_steps, config.max_steps if config.lr_schedule == "warmup_cosine" else 0,
                              config.min_lr_ratio)
-    ckpt_dir = out / "checkpoints"
     has_val = dm.val_set is not None
-    best = ModelCheckpoint(dirpath=ckpt_dir, filename="best-{epoch}-{step}", monitor="val/sisdri" if has_val else None,
-                           mode="max", save_top_k=1, save_last=False)
-    # last.ckpt every N steps (a kill loses at most N steps) and at every epoch end (a finished run resumes
-    # to "nothing left to do"); Lightning wants the two triggers in separate callbacks
-    last = ModelCheckpoint(dirpath=ckpt_dir, filename="last-steps", save_top_k=0, save_last=True,
-                           every_n_train_steps=config.checkpoint_every_steps)
-    last_epoch = ModelCheckpoint(dirpath=ckpt_dir, filename="last-epoch", save_top_k=0, save_last=True, every_n_epochs=1)
-    trainer = L.Trainer(
-        accelerator=config.accelerator,
-        devices=config.devices,
-        num_nodes=config.num_nodes,
-        strategy=config.strategy,
-        precision=_precision(config),
-        max_epochs=config.max_epochs,
-        max_steps=config.max_steps,
-        gradient_clip_val=config.grad_clip,
-        callbacks=[best, last, last_epoch],
-        logger=CSVLogger(str(out), name="logs", version=0),
-        enable_progress_bar=config.progress,
-        enable_model_summary=config.progress,
-        log_every_n_steps=config.log_every_n_steps,
-        use_distributed_sampler=False,
-        num_sanity_val_steps=0,
-        limit_val_batches=1.0 if has_val else 0,
-        deterministic=False,
-    )
-    resume = ckpt_dir / "last.ckpt"
-    ckpt_path = str(resume) if config.resume and resume.is_file() else None
-    if ckpt_path:
-        log.info("resuming from %s", ckpt_path)
-    trainer.fit(module, datamodule=_LightningDataModule(dm), ckpt_path=ckpt_path)
-    if not config.export:
-        return out
-    chosen = best.best_model_path or str(resume)
-    if trainer.is_global_zero:
-        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+
+    def export(result: RunResult) -> Path:
+        chosen = result.best or str(result.last)
+        metrics = {k: float(v) for k, v in result.trainer.callback_metrics.items() if k.startswith("val/")}
         meta = {
             "trained_with": "qsep train separator",
             "condition": config.mixing.condition,
@@ -909,11 +829,20 @@ def train_separator(config: SeparatorTrainingConfig) -> Path:
             "class_names": dm.manifest.class_names,
             "manifest": str(config.manifest),
             "checkpoint": Path(chosen).name,
-            "best_val_sisdri": float(best.best_model_score) if best.best_model_score is not None else None,
+            "best_val_sisdri": result.best_score,
             "last_val": metrics,
         }
         fresh, _ = build_model(config, dm.cond_dim)
-        export_checkpoint(chosen, fresh, config.model_kind, model_cfg, out / "model", config.detector, meta)
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.barrier()
-    return out / "model"
+        return export_checkpoint(chosen, fresh, config.model_kind, model_cfg, out / "model", config.detector, meta)
+
+    # the best checkpoint by validation SI-SDRi (without validation: the latest); last.ckpt every
+    # checkpoint_every_n_steps steps (a kill loses at most that many) and at every epoch end (a finished run
+    # resumes to "nothing left to do")
+    run_training(
+        module, _LightningDataModule(dm), config, out_dir=out, max_steps=config.max_steps, max_epochs=config.max_epochs,
+        best=BestCheckpoint("val/sisdri" if has_val else None, "max", "best-{epoch}-{step}"), last_every_epoch=True,
+        log_version=0, export=export if config.export else None,
+        trainer_kwargs={"gradient_clip_val": config.grad_clip, "limit_val_batches": 1.0 if has_val else 0,
+                        "deterministic": False},
+    )
+    return out / "model" if config.export else out

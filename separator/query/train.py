@@ -18,9 +18,10 @@ Input format (the "segment table"), either of:
 * ``latents``: ``.safetensors`` or ``.npz`` holding a float tensor ``"latents"`` of shape
   ``(n_segments, latent_dim)``: the frozen detector's latent of each segment (the query-path latent).
 
-Training: class-balanced batches of (text, latent) pairs. A segment's text is one of its labels (or a
+Training (:func:`train_projection`, through :func:`qsep_core.training.run_training`): class-balanced batches of
+(text, latent) pairs. A segment's text is one of its labels (or a
 comma-separated part of an AudioSet name) in a random prompt template, or its caption with probability
-``caption_probability``. Loss: symmetric InfoNCE with the projection's learnable temperature; pairs that share the
+``caption_probability``. Loss: symmetric InfoNCE (:func:`separator.losses.info_nce`) with the projection's learnable temperature; pairs that share the
 label (or the caption) count as positives on both sides (multi-positive soft targets), so same-class items in a
 batch are not pushed apart.
 
@@ -45,11 +46,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from qsep_core.config import ConfigError, to_dict
+from qsep_core.training import RunConfig, begin_run, run_training, warmup_scheduler
+from separator.losses import info_nce
 
 from .errors import QueryError
 from .labels import LabelBank, build_label_bank, label_bank_config_dict
@@ -61,6 +65,7 @@ __all__ = [
     "SegmentTable",
     "load_segment_table",
     "class_texts",
+    "ProjectionModule",
     "train_projection",
     "evaluate_projection",
     "train_text_projection",
@@ -97,9 +102,10 @@ class TextProjectionTrainConfig:
         use_captions / caption_probability: use the ``caption`` column when present.
         held_out_classes: classes never used to train the projection (zero-shot validation).
         val_fraction: fraction of each training class's segments kept for the "seen" validation.
-        steps, batch_size, lr, weight_decay, warmup_steps: optimisation (AdamW, linear warm-up then cosine decay).
-        seed: seeds the split, the sampling and the initialisation.
-        device: torch device for training.
+        steps, batch_size, lr, weight_decay, warmup_steps: optimisation (AdamW, linear warm-up then cosine decay
+            to 0; :func:`qsep_core.training.lr_scale`).
+        seed: seeds the split, the sampling, the initialisation and dropout (through the training runner).
+        device: torch device for training (``cpu``, ``cuda``, ``cuda:N``; see :meth:`run_config`).
         label_bank: also build and save a label bank from all segments.
         log_every: print progress every N steps (0: silent).
         refit_on_all: after validation, train again on every segment (held-out classes and validation
@@ -131,6 +137,24 @@ class TextProjectionTrainConfig:
     label_bank: bool = True
     log_every: int = 100
     refit_on_all: bool = False
+
+    def run_config(self) -> RunConfig:
+        """The runner settings of this training: one device (``device``), ``seed``, no checkpoints, no resume.
+
+        Raises:
+            ConfigError: ``device`` is not ``cpu``, ``cuda`` or ``cuda:N``.
+        """
+        dev = str(self.device).strip()
+        if dev == "cpu":
+            accelerator, devices = "cpu", 1
+        elif dev == "cuda":
+            accelerator, devices = "gpu", 1
+        elif dev.startswith("cuda:") and dev[5:].isdigit():
+            accelerator, devices = "gpu", [int(dev[5:])]
+        else:
+            raise ConfigError(f"device must be cpu, cuda or cuda:N, got {self.device!r}")
+        return RunConfig(accelerator=accelerator, devices=devices, precision="32-true", seed=self.seed, resume=False,
+                         checkpoint_every_n_steps=0, log_every_n_steps=max(1, self.log_every or 50), progress=False)
 
 
 @dataclass
@@ -273,11 +297,94 @@ def _index_table(groups: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
     return table, torch.tensor([len(g) for g in groups], dtype=torch.float32)
 
 
-def _lr_factor(step: int, steps: int, warmup: int) -> float:
-    if warmup > 0 and step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(1, steps - warmup)
-    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+class _BatchIndices(torch.utils.data.IterableDataset):
+    """``steps`` class-balanced batches of indices, drawn in order from one generator seeded by ``seed``.
+
+    Each item (one batch): ``cls`` (batch,) class of each pair, ``seg`` (batch,) segment, ``prm`` (batch,) prompt,
+    ``cap`` (batch,) caption index or -1, ``use_cap`` (batch,) whether the pair's text is the caption.
+    The sequence depends only on the seed (iterate it in the main process: ``num_workers=0``).
+    """
+
+    def __init__(self, steps: int, batch_size: int, seed: int, caption_probability: float, seg_table: torch.Tensor,
+                 seg_count: torch.Tensor, prompt_table: torch.Tensor, prompt_count: torch.Tensor, seg_cap: torch.Tensor):
+        super().__init__()
+        self.steps, self.batch_size, self.seed, self.p_cap = steps, batch_size, seed, caption_probability
+        self.seg_table, self.seg_count, self.prompt_table, self.prompt_count = seg_table, seg_count, prompt_table, prompt_count
+        self.seg_cap = seg_cap
+
+    def __iter__(self):
+        gen = torch.Generator().manual_seed(self.seed)
+        B, n_classes = self.batch_size, self.seg_table.shape[0]
+        for _ in range(self.steps):
+            # class-balanced batch: a class, then one of its segments, then a text for it
+            cls = torch.randint(n_classes, (B,), generator=gen)
+            seg = self.seg_table[cls, (torch.rand(B, generator=gen) * self.seg_count[cls]).long()]  # (batch,)
+            prm = self.prompt_table[cls, (torch.rand(B, generator=gen) * self.prompt_count[cls]).long()]  # (batch,)
+            cap = self.seg_cap[seg]
+            use_cap = (torch.rand(B, generator=gen) < self.p_cap) & (cap >= 0)
+            cap = torch.where(use_cap, cap, torch.full_like(cap, -1))
+            yield {"cls": cls, "seg": seg, "prm": prm, "cap": cap, "use_cap": use_cap}
+
+
+class _ProjectionData(L.LightningDataModule):
+    def __init__(self, batches: _BatchIndices):
+        super().__init__()
+        self.batches = batches
+
+    def train_dataloader(self) -> torch.utils.data.DataLoader:
+        # its own generator: creating the loader's iterator must not draw from the global RNG (dropout's)
+        return torch.utils.data.DataLoader(self.batches, batch_size=None, num_workers=0, generator=torch.Generator())
+
+
+class ProjectionModule(L.LightningModule):
+    """Trains a :class:`TextProjection` with the multi-positive :func:`separator.losses.info_nce`.
+
+    Args:
+        proj: the projection (latent statistics already set).
+        prompt_emb: ``(n_prompts, text_dim)`` text embeddings of the class prompts.
+        cap_emb: ``(n_captions, text_dim)`` text embeddings of the captions (0 rows: none).
+        audio_dir: ``(n_segments, latent_dim)`` fixed audio directions of the segments.
+        member: ``(n_segments, n_classes)`` bool, segment carries class.
+        seg_cap: ``(n_segments,)`` caption index of each segment, -1: none.
+        cfg: optimisation settings (``lr``, ``weight_decay``, ``warmup_steps``, ``steps``, ``log_every``).
+        log: progress lines go here.
+    """
+
+    def __init__(self, proj: TextProjection, prompt_emb: torch.Tensor, cap_emb: torch.Tensor, audio_dir: torch.Tensor,
+                 member: torch.Tensor, seg_cap: torch.Tensor, cfg: TextProjectionTrainConfig,
+                 log: Callable[[str], None] | None = None):
+        super().__init__()
+        self.proj, self.cfg, self.log_line = proj, cfg, log
+        for name, t in (("prompt_emb", prompt_emb), ("cap_emb", cap_emb), ("audio_dir", audio_dir), ("member", member),
+                        ("seg_cap", seg_cap)):
+            self.register_buffer(name, t, persistent=False)
+        self.losses: list[float] = []
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        cls, seg, prm, cap, use_cap = batch["cls"], batch["seg"], batch["prm"], batch["cap"], batch["use_cap"]
+        t_emb = torch.where(
+            use_cap[:, None], self.cap_emb[cap.clamp(min=0)] if len(self.cap_emb) else self.prompt_emb[prm], self.prompt_emb[prm]
+        )  # (batch, text_dim)
+        a_dir = self.audio_dir[seg]  # (batch, latent_dim)
+        # positives: audio j carries the class of text i (class prompts), or has the same caption (captions)
+        pos = self.member[seg][:, cls].T.clone()  # (batch_text, batch_audio)
+        if bool(use_cap.any()):
+            same_cap = cap[:, None] == self.seg_cap[seg][None, :]
+            pos[use_cap] = same_cap[use_cap]
+        loss = info_nce(text=self.proj.direction(t_emb), audio=a_dir, scale=self.proj.scale(), positives=pos)
+        self.losses.append(loss.item())
+        step, every = len(self.losses), self.cfg.log_every
+        if self.log_line is not None and every and step % every == 0:
+            self.log_line(f"step {step}/{self.cfg.steps} loss {np.mean(self.losses[-every:]):.4f} "
+                          f"temperature {self.proj.temperature:.4f}")
+        return loss
+
+    def configure_optimizers(self):
+        cfg = self.cfg
+        opt = torch.optim.AdamW(self.proj.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        # linear warm-up, then cosine decay to 0 at the last step
+        return {"optimizer": opt, "lr_scheduler": warmup_scheduler(
+            opt, warmup_steps=cfg.warmup_steps, total_steps=cfg.steps, cosine=True, min_ratio=0.0)}
 
 
 def train_projection(
@@ -286,12 +393,20 @@ def train_projection(
     text_encoder: TextEncoder,
     log: Callable[[str], None] | None = None,
 ) -> tuple[TextProjection, dict[str, float]]:
-    """Train a projection on ``table`` (every segment is used; split beforehand). Returns (projection, stats)."""
+    """Train a projection on ``table`` (every segment is used; split beforehand). Returns (projection, stats).
+
+    Runs :class:`ProjectionModule` through :func:`qsep_core.training.run_training` on ``cfg.device``, seeded
+    by ``cfg.seed`` (the same seed gives the same weights). Stats: ``train_loss`` (mean of the last 50 steps),
+    ``temperature``, ``classes``.
+
+    Raises:
+        ConfigError: ``steps < 1`` or ``batch_size < 2``.
+        QueryError: a class has no segment or no prompt text.
+    """
     if cfg.steps < 1 or cfg.batch_size < 2:
         raise ConfigError(f"steps must be >= 1 and batch_size >= 2, got {cfg.steps}, {cfg.batch_size}")
-    device = torch.device(cfg.device)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    torch.manual_seed(cfg.seed)
+    run = cfg.run_config()
+    begin_run(run)  # seeds the initialisation and dropout
     classes = table.classes
     pcfg = TextProjectionConfig(
         text_dim=text_encoder.dim,
@@ -304,7 +419,6 @@ def train_projection(
     )
     proj = TextProjection(pcfg)
     proj.set_latent_stats(table.latents)
-    proj = proj.to(device).train()
 
     # every class prompt is encoded once: (n_prompts, text_dim), with the class of each prompt
     prompts, prompt_class = [], []
@@ -312,55 +426,26 @@ def train_projection(
         texts = class_texts(c, cfg.templates)
         prompts += texts
         prompt_class += [c_i] * len(texts)
-    prompt_emb = text_encoder.encode(prompts).to(device)  # (n_prompts, text_dim)
+    prompt_emb = text_encoder.encode(prompts)  # (n_prompts, text_dim)
     prompt_table, prompt_count = _index_table([[i for i, c in enumerate(prompt_class) if c == k] for k in range(len(classes))])
     caps = sorted({c for c in table.captions if c}) if cfg.use_captions else []
-    cap_emb = text_encoder.encode(caps).to(device) if caps else torch.zeros(0, text_encoder.dim, device=device)
+    cap_emb = text_encoder.encode(caps) if caps else torch.zeros(0, text_encoder.dim)
     cap_id = {c: i for i, c in enumerate(caps)}
     seg_cap = torch.tensor([cap_id[c] if c in cap_id else -1 for c in table.captions])  # (n_segments,), -1: none
 
-    latents = table.latents.to(device)
-    audio_dir_all = proj.audio_direction(latents)  # (n_segments, latent_dim), fixed during training
+    audio_dir_all = proj.audio_direction(table.latents)  # (n_segments, latent_dim), fixed during training
     class_index = {c: i for i, c in enumerate(classes)}
     member = torch.zeros(len(table.labels), len(classes), dtype=torch.bool)  # (n_segments, n_classes)
     for i, row in enumerate(table.labels):
         member[i, [class_index[c] for c in row]] = True
     seg_table, seg_count = _index_table([torch.nonzero(member[:, k]).flatten().tolist() for k in range(len(classes))])
 
-    opt = torch.optim.AdamW(proj.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, cfg.steps, cfg.warmup_steps))
-    losses: list[float] = []
-    B = cfg.batch_size
-    for step in range(cfg.steps):
-        # class-balanced batch: a class, then one of its segments, then a text for it
-        cls = torch.randint(len(classes), (B,), generator=gen)
-        seg = seg_table[cls, (torch.rand(B, generator=gen) * seg_count[cls]).long()]  # (batch,)
-        prm = prompt_table[cls, (torch.rand(B, generator=gen) * prompt_count[cls]).long()]  # (batch,)
-        cap = seg_cap[seg]
-        use_cap = (torch.rand(B, generator=gen) < cfg.caption_probability) & (cap >= 0)
-        cap = torch.where(use_cap, cap, torch.full_like(cap, -1))
-        t_emb = torch.where(
-            use_cap[:, None].to(device), cap_emb[cap.clamp(min=0)] if len(caps) else prompt_emb[prm], prompt_emb[prm]
-        )  # (batch, text_dim)
-        a_dir = audio_dir_all[seg]  # (batch, latent_dim)
-        # positives: audio j carries the class of text i (class prompts), or has the same caption (captions)
-        pos = member[seg][:, cls].T.clone()  # (batch_text, batch_audio)
-        if bool(use_cap.any()):
-            same_cap = cap[:, None] == seg_cap[seg][None, :]
-            pos[use_cap] = same_cap[use_cap]
-        pos = pos.to(device).float()
-        logits = proj.scale() * proj.direction(t_emb) @ a_dir.T  # (batch_text, batch_audio)
-        loss_t2a = -(pos / pos.sum(1, keepdim=True) * F.log_softmax(logits, dim=1)).sum(1).mean()
-        loss_a2t = -(pos / pos.sum(0, keepdim=True) * F.log_softmax(logits, dim=0)).sum(0).mean()
-        loss = 0.5 * (loss_t2a + loss_a2t)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        losses.append(loss.item())
-        if log is not None and cfg.log_every and (step + 1) % cfg.log_every == 0:
-            log(f"step {step + 1}/{cfg.steps} loss {np.mean(losses[-cfg.log_every:]):.4f} temperature {proj.temperature:.4f}")
+    batches = _BatchIndices(cfg.steps, cfg.batch_size, cfg.seed, cfg.caption_probability, seg_table, seg_count,
+                            prompt_table, prompt_count, seg_cap)
+    module = ProjectionModule(proj, prompt_emb, cap_emb, audio_dir_all, member, seg_cap, cfg, log)
+    run_training(module, _ProjectionData(batches), run, out_dir=None, max_steps=cfg.steps)
     proj = proj.eval().cpu()
+    losses = module.losses
     tail = losses[-max(1, min(len(losses), 50)):]
     return proj, {"train_loss": float(np.mean(tail)), "temperature": proj.temperature, "classes": float(len(classes))}
 

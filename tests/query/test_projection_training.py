@@ -183,3 +183,41 @@ def test_training_with_captions_and_multi_label_segments(minilm):
     assert np.isfinite(stats["train_loss"])
     m = evaluate_projection(proj, minilm, table.subset([i for i, row in enumerate(labels) if len(row) == 1]))
     assert m["zero_shot_accuracy"] >= 0.9 and m["recall@1"] == 1.0
+
+
+class _HashEncoder:
+    """A stand-in text encoder: a fixed random vector per text (seeded by its CRC)."""
+
+    dim, spec = 12, "hash"
+
+    def encode(self, texts):
+        import zlib
+
+        return torch.stack([torch.randn(12, generator=torch.Generator().manual_seed(zlib.crc32(t.encode()))) for t in texts])
+
+
+def test_projection_training_is_seeded_through_the_runner():
+    """The same seed gives the same weights (initialisation, dropout and sampling); another seed does not."""
+    from separator.query.train import SegmentTable, train_projection
+
+    g = torch.Generator().manual_seed(0)
+    centres = {c: 2.0 * torch.randn(8, generator=g) for c in ("Dog", "Rain", "Siren")}
+    labels = [[("Dog", "Rain", "Siren")[i % 3]] for i in range(24)]
+    table = SegmentTable(torch.stack([centres[r[0]] + 0.3 * torch.randn(8, generator=g) for r in labels]), labels,
+                         [f"take {i % 2}" if i % 2 else None for i in range(24)])
+    cfg = TextProjectionTrainConfig(hidden_dim=16, steps=12, batch_size=8, warmup_steps=3, log_every=0, seed=4)
+    torch.manual_seed(123)  # the global state before the call must not matter
+    a, _ = train_projection(table, cfg, _HashEncoder())
+    torch.manual_seed(456)
+    b, _ = train_projection(table, cfg, _HashEncoder())
+    c, _ = train_projection(table, TextProjectionTrainConfig(**{**cfg.__dict__, "seed": 5}), _HashEncoder())
+    sa, sb, sc = a.state_dict(), b.state_dict(), c.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert not all(torch.equal(sa[k], sc[k]) for k in sa)
+
+
+def test_projection_device_maps_to_a_one_device_run():
+    assert TextProjectionTrainConfig(device="cpu").run_config().trainer_placement()["accelerator"] == "cpu"
+    assert TextProjectionTrainConfig(device="cuda:1").run_config().devices == [1]
+    with pytest.raises(ConfigError, match="device"):
+        TextProjectionTrainConfig(device="tpu").run_config()
