@@ -335,10 +335,10 @@ def step_evaluate(data: Path, runs: Path, model: Path | None) -> None:
                     "--out", str(out / "musdb_oracles")] + extra, runs / "eval.log")
     if model is None:
         return
-    for q, extra in (("text", []), ("audio", []), ("label", []), ("text_unrelated", ["--unrelated-text", UNRELATED_TEXT])):
+    for q, control in (("text", []), ("audio", []), ("label", []), ("text_unrelated", ["--unrelated-text", UNRELATED_TEXT])):
         if not any((out / f"mixtures_{q}").glob("results*.json")):
             run(QSEP + ["evaluate", "mixtures", str(corpus), "--held-out", held, "--model", str(model),
-                        "--query", q.split("_")[0], "--out", str(out / f"mixtures_{q}")] + extra, runs / "eval.log")
+                        "--query", q.split("_")[0], "--out", str(out / f"mixtures_{q}")] + control, runs / "eval.log")
     if not (out / "musdb_audio").exists():
         run(QSEP + ["evaluate", "musdb", str(data / "music"), "--model", str(model), "-j", "2",
                     "--out", str(out / "musdb_audio")] + extra, runs / "eval.log")

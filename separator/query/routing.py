@@ -48,13 +48,14 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import torch
+
+from qsep_core.atomic import AtomicPath
 
 from .errors import QueryError
 from .labels import LabelBank, NameMatcher, builtin_synonyms, normalise_label
@@ -329,14 +330,8 @@ def _write_embedding_file(path: Path, key: str, table: Mapping[str, torch.Tensor
     texts = list(table)
     emb = torch.stack([table[t] for t in texts]).to(dtype).contiguous()  # (n_texts, dim)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file({"embeddings": emb}, tmp, metadata={"encoder": key, "texts": json.dumps(texts)})
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with AtomicPath(path) as tmp:
+        save_file({"embeddings": emb}, str(tmp), metadata={"encoder": key, "texts": json.dumps(texts)})
 
 
 class TextEmbeddingStore:
