@@ -91,7 +91,12 @@ def separate(
         fail(f"--format must be wav or flac, got {fmt!r}")
     if not 0 < jobs <= 64:
         fail(f"--jobs must be between 1 and 64, got {jobs}")
-    queries = plan_queries(text, query_audio, label, embedding, negative)
+    from separator.query.errors import QueryError
+
+    try:
+        queries = plan_queries(text, query_audio, label, embedding, negative)
+    except QueryError as exc:  # e.g. an empty --text ""
+        fail(str(exc))
     if not queries:
         fail("empty query: give at least one --text, --query-audio, --label or --embedding")
     from qsep_core import audio as audio_io

@@ -75,7 +75,10 @@ def resolve_model(name_or_path: str | os.PathLike | None = None) -> Path:
             if _is_model(d / name):
                 return d / name
     if name.count("/") == 1 and not name.startswith((".", "/", "~")):
-        return _from_hub(name)
+        try:
+            return _from_hub(name)
+        except CheckpointError as exc:  # an OWNER/REPO id is also a relative path: say both were tried
+            raise CheckpointError(f"no model folder {p.resolve()} exists, and as a Hugging Face Hub id: {exc}") from exc
     where = ", ".join(str(d) for d in search_path())
     hint = (
         " No default model is shipped with this version of qsep: pass --model DIR (train one with the recipes, or "

@@ -145,6 +145,25 @@ def test_actionable_errors(tmp_path, model_dir):
         assert res.exit_code == 1 and "CUDA is not available" in flat(res)
     res = runner.invoke(app, ["separate", str(src), "--model", str(model_dir), "-t", "x", "--filename", "{track}.{ext}"])
     assert res.exit_code == 1 and "{query}" in flat(res)
+    for empty in (["-t", ""], ["-t", "   "], ["-l", ""], ["-t", "x", "--not", ""]):  # an error line, not a traceback
+        res = runner.invoke(app, ["separate", str(src), "--model", str(model_dir), *empty])
+        assert res.exit_code == 1 and "empty" in flat(res), (empty, flat(res))
+        assert res.exception is None or isinstance(res.exception, SystemExit), (empty, res.exception)
+
+
+def test_missing_relative_model_folder_that_looks_like_a_hub_id_is_named(tmp_path, monkeypatch):
+    """`--model models/zsass` with no such folder: the error names the folder, not only the hub lookup."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import huggingface_hub.constants as c
+
+    monkeypatch.setattr(c, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(c, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    from qsep_core.checkpoint import CheckpointError
+    from separator.hub import resolve_model
+
+    with pytest.raises(CheckpointError, match=r"no model folder .*models/zsass exists"):
+        resolve_model("models/zsass")
 
 
 def test_models_lists_folder(tmp_path, model_dir, monkeypatch):
