@@ -1,6 +1,6 @@
 """Separation throughput and peak memory vs input length, qsep presets and (optionally) HT Demucs.
 
-    python -m benchmarks.separation [--presets resunet_film_small zsass] [--durations 10 180 1800]
+    python -m benchmarks.separation [--presets resunet_film_small zsass] [--models qsep-starter] [--durations 10 180 1800]
                                      [--rate 44100] [--channels 2] [--threads 2] [--device cpu]
                                      [--segment S] [--overlap F] [--batch-size N] [--repeats 3]
                                      [--queries N] [--bf16] [--query-encoder] [--name separation] [--out benchmarks/results]
@@ -179,7 +179,8 @@ def _plot(rows: list[dict], path: Path) -> None:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--worker", help=argparse.SUPPRESS)
-    p.add_argument("--presets", nargs="+", default=["resunet_film_small", "zsass"])
+    p.add_argument("--presets", nargs="*", default=["resunet_film_small", "zsass"])
+    p.add_argument("--models", nargs="*", default=[], help="also time these trained models (folder or name, e.g. qsep-starter)")
     p.add_argument("--durations", nargs="+", type=float, default=[10, 180, 1800])
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu")
@@ -211,9 +212,12 @@ def main(argv: list[str] | None = None) -> None:
         return
     rows = []
     with tempfile.TemporaryDirectory() as models:  # written here, so the workers' peak RSS is loading + running only
-        for name in a.presets:
-            model = Path(models) / name
-            _model_folder(model, name, a.query_encoder)
+        from separator.hub import resolve_model
+
+        targets = [(name, Path(models) / name) for name in a.presets] + [(m, resolve_model(m)) for m in a.models]
+        for name, model in targets:
+            if name in a.presets:
+                _model_folder(model, name, a.query_encoder)
             for sec in a.durations:
                 job = {"preset": name, "model": str(model), "seconds": sec, "threads": a.threads, "device": a.device,
                        "rate": a.rate, "channels": a.channels, "repeats": a.repeats, "query_encoder": a.query_encoder, "bf16": a.bf16, "queries": a.queries,

@@ -5,7 +5,7 @@ changed fact changes everywhere. This module imports nothing (the CLI reads it b
 """
 from __future__ import annotations
 
-__all__ = ["SAMPLE_RATE", "HOP_LENGTH", "WIN_LENGTH", "N_FFT", "ANCHOR_SECONDS"]
+__all__ = ["SAMPLE_RATE", "HOP_LENGTH", "WIN_LENGTH", "N_FFT", "ANCHOR_SECONDS", "CACHE_ENV", "user_cache_dir"]
 
 #: Hz: the rate every qsep model runs at (HTS-AT and the query U-Nets, as the official models)
 SAMPLE_RATE = 32000
@@ -17,3 +17,14 @@ WIN_LENGTH = 1024
 N_FFT = 2048
 #: seconds: one anchor segment (mining), one audio-query segment, one ZS-ASS evaluation segment
 ANCHOR_SECONDS = 2.0
+
+#: environment variable that moves qsep's user cache (models by name, text-embedding cache)
+CACHE_ENV = "QSEP_CACHE"
+
+
+def user_cache_dir():
+    """qsep's user cache folder: ``$QSEP_CACHE``, default ``~/.cache/qsep`` (a :class:`pathlib.Path`)."""
+    import os
+    from pathlib import Path
+
+    return Path(os.environ.get(CACHE_ENV, "~/.cache/qsep")).expanduser()

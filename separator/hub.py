@@ -18,6 +18,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from qsep_core.constants import user_cache_dir
 from separator.checkpoint import CheckpointError, ModelFolder
 
 __all__ = ["DEFAULT_MODEL", "PRETRAINED_DIR", "search_path", "resolve_model", "ModelEntry", "list_models", "describe_model"]
@@ -31,7 +32,7 @@ PRETRAINED_DIR = Path(__file__).resolve().parent / "pretrained"
 def search_path() -> list[Path]:
     """Folders searched for models given by name, in order."""
     dirs = [Path(p).expanduser() for p in os.environ.get("QSEP_MODELS", "").split(os.pathsep) if p]
-    dirs.append(Path(os.environ.get("QSEP_CACHE", "~/.cache/qsep")).expanduser() / "models")
+    dirs.append(user_cache_dir() / "models")
     dirs.append(PRETRAINED_DIR)
     return dirs
 

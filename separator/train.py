@@ -648,11 +648,10 @@ def class_centroids(latents: torch.Tensor, labels: Sequence[int], rows: Sequence
     These are what a label query gives at inference (the label bank is built the same way from the same
     segments), so ``centroid`` / ``mixed`` training conditions match inference conditions.
     """
-    out = torch.zeros(num_classes, latents.shape[-1])
-    count = torch.zeros(num_classes)
-    for r in rows:
-        out[labels[r]] += latents[r]
-        count[labels[r]] += 1
+    rows = torch.as_tensor(list(rows), dtype=torch.long)
+    cls = torch.as_tensor(list(labels), dtype=torch.long)[rows]  # (n,)
+    out = torch.zeros(num_classes, latents.shape[-1]).index_add_(0, cls, latents[rows].float())
+    count = torch.zeros(num_classes).index_add_(0, cls, torch.ones(len(rows)))
     return out / count.clamp(min=1)[:, None]
 
 

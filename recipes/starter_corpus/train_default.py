@@ -36,6 +36,7 @@ import json
 import os
 import platform
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -367,7 +368,7 @@ def summarize(runs: Path) -> str:
         gap = [a["si_sdri"] - b["si_sdri"] for a, b in zip(got["mixtures_text"]["mixtures"], got["mixtures_text_unrelated"]["mixtures"])]
         seen = [g for g, r in zip(gap, got["mixtures_text"]["mixtures"]) if not r["held_out"]]
         held = [g for g, r in zip(gap, got["mixtures_text"]["mixtures"]) if r["held_out"]]
-        med = lambda v: f"{float(torch.tensor(v).median()):.2f}" if v else "-"  # noqa: E731
+        med = lambda v: f"{statistics.median(v):.2f}" if v else "-"  # noqa: E731 (as evaluate_mixtures' medians)
         lines += ["", f"Target text minus unrelated text, SI-SDRi per mixture, median: seen {med(seen)} dB, held-out {med(held)} dB."]
     lines += ["", "| method | queries | vocals | drums | bass | other | mean |", "|---|---|---|---|---|---|---|"]
     for name, q in (("musdb_audio", "audio (train stems)"), ("musdb_text", "text"), ("musdb_oracles", "-")):

@@ -56,6 +56,7 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from qsep_core.atomic import AtomicPath
+from qsep_core.constants import user_cache_dir
 
 from .errors import QueryError
 from .labels import LabelBank, NameMatcher, builtin_synonyms, normalise_label
@@ -301,7 +302,7 @@ def encoder_key(encoder: TextEncoder) -> str:
 
 def default_cache_dir() -> Path:
     """``$QSEP_CACHE/text_embeddings`` (default ``~/.cache/qsep/text_embeddings``; the folder qsep's model search uses)."""
-    return Path(os.environ.get("QSEP_CACHE", "~/.cache/qsep")).expanduser() / "text_embeddings"
+    return user_cache_dir() / "text_embeddings"
 
 
 def _read_embedding_file(path: Path | Any, key: str) -> dict[str, torch.Tensor]:
