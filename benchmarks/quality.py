@@ -23,7 +23,7 @@ from benchmarks.common import machine
 
 def main(argv: list[str] | None = None) -> None:
     from recipes.starter_corpus.train_default import step_evaluate, summarize
-    from separator.hub import resolve_model
+    from qsep_core.hub import resolve_model
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, required=True, help="starter corpus folder (recipes.starter_corpus.build --out)")

@@ -212,7 +212,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     rows = []
     with tempfile.TemporaryDirectory() as models:  # written here, so the workers' peak RSS is loading + running only
-        from separator.hub import resolve_model
+        from qsep_core.hub import resolve_model
 
         targets = [(name, Path(models) / name) for name in a.presets] + [(m, resolve_model(m)) for m in a.models]
         for name, model in targets:

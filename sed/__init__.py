@@ -3,9 +3,9 @@
 Load a detector from a qsep model folder::
 
     import sed
-    model = sed.load_detector("models/htsat-audioset")      # nn.Module in eval mode
+    model = sed.load_detector()  # the shipped model's detector; or a folder, or a name from `qsep models`
     out = model(wave)            # wave: (batch, samples) float32 at model.cfg.sample_rate
-    out["clipwise"], out["framewise"], out["latent"], out["frame_times"]
+    out["clipwise"], out["framewise"], out["latent"], out["logits"], out["frame_times"]
 
 Nothing heavy is imported until used.
 """
@@ -39,8 +39,11 @@ def __getattr__(name: str):
 DETECTOR_COMPONENTS = ("detector", "audio_encoder")
 
 
-def load_detector(path: str | os.PathLike, device: torch.device | str = "cpu") -> "HTSAT":
-    """The HTS-AT detector of a qsep model folder, in eval mode on ``device``.
+def load_detector(path: str | os.PathLike | None = None, device: torch.device | str = "cpu") -> "HTSAT":
+    """The HTS-AT detector of a qsep model, in eval mode on ``device``.
+
+    ``path`` is resolved like every model argument (:func:`qsep_core.hub.resolve_model`): a folder, a name
+    that ``qsep models`` lists, or None for the shipped default model.
 
     Uses the component ``"detector"``, or ``"audio_encoder"`` (the query encoder of a separator
     model folder) when there is no detector. ``model.class_names`` is set from the folder's
@@ -50,7 +53,9 @@ def load_detector(path: str | os.PathLike, device: torch.device | str = "cpu") -
         qsep_core.checkpoint.CheckpointError: the folder is missing, malformed, or has no HTS-AT component.
     """
     from qsep_core.checkpoint import CheckpointError, ModelFolder
+    from qsep_core.hub import resolve_model
 
+    path = resolve_model(path)
     folder = ModelFolder(path, builders=COMPONENT_BUILDERS)
     name = next((n for n in DETECTOR_COMPONENTS if folder.has(n)), None)
     if name is None:

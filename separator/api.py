@@ -89,11 +89,13 @@ def slugify(text: str, max_len: int = 60) -> str:
     return (slug or "query")[:max_len].rstrip("_")
 
 
-def output_path(out_dir: str | os.PathLike, template: str, track: str, query: str, ext: str) -> Path:
-    """Where one output goes: ``out_dir / template.format(track=, query=, ext=)``.
+def output_path(out_dir: str | os.PathLike, template: str, track: str, query: str, ext: str, model: str = "model") -> Path:
+    """Where one output goes: ``out_dir / template.format(track=, query=, ext=, model=)``.
 
     The template may use ``{track}`` (input file stem), ``{query}`` (slug of the query; the residual is
-    ``no_<query>``) and ``{ext}``; it must contain ``{query}`` so outputs of different queries differ.
+    ``no_<query>``), ``{ext}`` and ``{model}`` (the model's name, as ``qsep models`` lists it, e.g.
+    ``"{model}/{track}/{query}.{ext}"`` for Demucs' ``separated/<model>/<track>/`` layout); it must contain
+    ``{query}`` so outputs of different queries differ.
 
     Raises:
         ValueError: the template lacks ``{query}``, uses an unknown field, or leaves the output folder.
@@ -101,9 +103,10 @@ def output_path(out_dir: str | os.PathLike, template: str, track: str, query: st
     if "{query}" not in template:
         raise ValueError(f"--filename template {template!r} must contain {{query}} (else every query writes the same file)")
     try:
-        rel = template.format(track=track, query=query, ext=ext)
+        rel = template.format(track=track, query=query, ext=ext, model=model)
     except (KeyError, IndexError) as exc:
-        raise ValueError(f"--filename template {template!r} uses an unknown field {exc}; use {{track}}, {{query}}, {{ext}}") from None
+        raise ValueError(f"--filename template {template!r} uses an unknown field {exc}; use {{track}}, {{query}}, {{ext}}, "
+                         "{model}") from None
     rel_path = Path(rel)
     if rel_path.is_absolute() or ".." in rel_path.parts:
         raise ValueError(f"--filename template {template!r} must give a path inside the output folder, got {rel!r}")
@@ -195,7 +198,7 @@ class Separator:
         Raises:
             CheckpointError: the model is not found, malformed, or holds no ``query_unet`` ``component``.
         """
-        from separator.hub import resolve_model
+        from qsep_core.hub import resolve_model
 
         folder = ModelFolder(resolve_model(path))
         if not folder.has(component):
@@ -208,6 +211,13 @@ class Separator:
         return folder
 
     # ------------------------------------------------------------------ properties
+    @property
+    def model_name(self) -> str:
+        """The model's name as ``qsep models`` lists it (``"model"`` for one built in memory)."""
+        from qsep_core.hub import model_display_name
+
+        return model_display_name(self.model_folder.path) if self.model_folder is not None else "model"
+
     @property
     def sample_rate(self) -> int:
         """The rate the model runs at."""
@@ -361,8 +371,9 @@ class Separator:
             name = result.query.short_name() if result is not None else "condition"
         ext = format.lower().lstrip(".")
         track = Path(path).stem
-        target_path = output_path(out_dir, filename, track, slugify(name), ext)
-        residual_path = output_path(out_dir, filename, track, RESIDUAL_PREFIX + slugify(name), ext) if residual else None
+        target_path = output_path(out_dir, filename, track, slugify(name), ext, model=self.model_name)
+        residual_path = (output_path(out_dir, filename, track, RESIDUAL_PREFIX + slugify(name), ext, model=self.model_name)
+                         if residual else None)
         for p in (target_path, residual_path):
             if p is None:
                 continue

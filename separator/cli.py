@@ -30,8 +30,26 @@ app.add_typer(train_app, name="train")
 app.add_typer(evaluate_app, name="evaluate")
 app.add_typer(import_app, name="import-official")
 
-console = Console(stderr=True)
+# messages and tables on stderr: wrapped to the terminal, or one line each when redirected (logs, pipes)
+console = Console(stderr=True) if sys.stderr.isatty() else Console(stderr=True, width=400, soft_wrap=True)
 _PASSTHROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}
+#: the one vocabulary of model options (every command that takes a model; see qsep_core.hub.resolve_model)
+MODEL_HELP = "Model: a folder, a name that `qsep models` lists, or owner/repo on the HF Hub. Default: the shipped qsep-starter."
+DEVICE_HELP = "auto (CUDA when available, else CPU), cpu, cuda or cuda:N."
+DEVICES_HELP = "Devices per node for Lightning: a count (2), a list of indices (0,1) or auto; more than one runs DDP."
+SET_HELP = "KEY=VALUE override of a config field (repeatable; bare KEY=VALUE arguments work too), e.g. --set lr=3e-4."
+
+
+def _stdout_console() -> Console:
+    """A console for tables on stdout: full width when piped (no cut columns), terminal width otherwise."""
+    return Console() if sys.stdout.isatty() else Console(width=400, soft_wrap=True)
+
+
+def plural(n: int, word: str) -> str:
+    """``plural(1, "class")`` -> ``"1 class"``, ``plural(2, "class")`` -> ``"2 classes"``."""
+    if n == 1:
+        return f"{n} {word}"
+    return f"{n} {word}es" if word.endswith(("s", "sh", "ch", "x")) else f"{n} {word}s"
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
@@ -68,14 +86,14 @@ def separate(
     label: list[str] = typer.Option([], "--label", "-l", help="Class label (from the model's label bank; unknown labels are routed like text). Repeatable."),
     negative: list[str] = typer.Option([], "--not", help="Text of what NOT to separate, applied to every query. Repeatable."),
     embedding: list[Path] = typer.Option([], "--embedding", "-e", help="Saved condition from `qsep embed` (no encoder is loaded). Repeatable."),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model folder, name in the model search path, or owner/repo on the HF Hub. Default: the shipped model."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help=MODEL_HELP),
     out: Path = typer.Option(Path("separated"), "--out", "-o", help="Output folder."),
-    filename: str = typer.Option(DEFAULT_FILENAME, "--filename", help="Output path template inside --out: {track}, {query}, {ext}. The residual's {query} is no_<query>."),
+    filename: str = typer.Option(DEFAULT_FILENAME, "--filename", help="Output path template inside --out: {track}, {query}, {ext}, {model} (e.g. '{model}/{track}/{query}.{ext}'). The residual's {query} is no_<query>; --not X adds _not_X."),
     residual: bool = typer.Option(True, "--residual/--no-residual", help="Also write the residual (mixture minus target)."),
     segment: Optional[float] = typer.Option(None, "--segment", help=f"Chunk length in seconds (default {DEFAULT_SEGMENT:g}, rounded to the nearest length the model runs without padding)."),
     overlap: Optional[float] = typer.Option(None, "--overlap", help=f"Chunk overlap as a fraction in [0, 1) (default {DEFAULT_OVERLAP:g})."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help=f"Chunks per model call (default {DEFAULT_BATCH_SIZE}; raise on a GPU)."),
-    device: str = typer.Option("auto", "--device", "-d", help="auto, cpu, cuda or cuda:N."),
+    device: str = typer.Option("auto", "--device", "-d", help=DEVICE_HELP),
     bf16: bool = typer.Option(False, "--bf16", help="bfloat16 compute (GPUs; CPUs with AVX512-BF16/AMX): faster, ~65 dB from float32."),
     fmt: str = typer.Option("wav", "--format", help="Output format: wav or flac."),
     bit_depth: str = typer.Option("16", "--bit-depth", help="16, 24 or 32f (float wav; keeps overs instead of clipping)."),
@@ -209,12 +227,12 @@ def _print_separation_summary(results) -> None:
 @app.command()
 def detect(
     files: list[Path] = typer.Argument(..., help="Audio files (any rate / channels; mixed to mono)."),
-    model: Path = typer.Option(..., "--model", "-m", help="qsep model folder with an HTS-AT detector."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help=MODEL_HELP + " It must hold an HTS-AT detector."),
     top_k: Optional[int] = typer.Option(None, "--top-k", min=1, help="Only the N classes with the highest clip score."),
     threshold: float = typer.Option(0.5, "--threshold", "-t", min=0.0, max=1.0, help="Frame probability above which a class is active."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON document (list of files with events)."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Draw frame-wise activity of the top classes to this PNG (one per file: NAME_<file>.png when several)."),
-    device: str = typer.Option("cpu", "--device", "-d", help="torch device, e.g. cpu or cuda."),
+    device: str = typer.Option("auto", "--device", "-d", help=DEVICE_HELP),
 ) -> None:
     """Detect sound events in files with an HTS-AT model (label, start, end, confidence)."""
     import json
@@ -228,10 +246,11 @@ def detect(
 
     if not 0.0 < threshold < 1.0:
         fail(f"--threshold must be strictly between 0 and 1, got {threshold}")
+    dev = _device(device)
     try:
-        detector = sed.load_detector(model, device=device)
+        detector = sed.load_detector(model, device=dev)
     except (CheckpointError, RuntimeError) as exc:
-        fail(f"cannot load the detector from {model}: {exc}")
+        fail(f"cannot load the detector of {model or 'the default model'}: {exc}")
     results, failed = [], []
     for f in files:
         try:
@@ -250,7 +269,9 @@ def detect(
             except OSError as exc:
                 fail(f"cannot write the plot {target}: {exc}")
         if not json_out:
-            typer.echo(f"{f}  ({det.duration:.2f} s, {len(det.events)} events)")
+            typer.echo(f"{f}  ({det.duration:.2f} s, {plural(len(det.events), 'event')}, frame threshold {threshold:g})")
+            if det.events:
+                typer.echo(f"  {'label':<32} {'start s':>9} {'end s':>9}  {'conf.':>5}")
             for e in det.events:
                 typer.echo(f"  {e.label:<32} {e.start:9.3f} {e.end:9.3f}  {e.confidence:.3f}")
     if json_out:
@@ -262,21 +283,22 @@ def detect(
 @app.command()
 def embed(
     out: str = typer.Option(..., "--out", "-o", help="Condition file to write (.safetensors)."),
-    model: str = typer.Option(None, "--model", "-m", help="Model folder whose encoders make the condition (not needed to combine --embedding files)."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help=MODEL_HELP + " Its encoders make the condition (no model is loaded to combine --embedding files only)."),
     text: list[str] = typer.Option(None, "--text", "-t", help="Text query (repeatable)."),
-    audio: list[str] = typer.Option(None, "--audio", "-a", help="Example recording (repeatable; the files are averaged as ONE example set)."),
+    audio: list[str] = typer.Option(None, "--query-audio", "-a", help="Example recording (repeatable; the files are averaged as ONE example set)."),
+    audio_alias: list[str] = typer.Option(None, "--audio", hidden=True),
     label: list[str] = typer.Option(None, "--label", "-l", help="Class label from the model's label bank (repeatable; unknown labels are routed like text)."),
     embedding: list[str] = typer.Option(None, "--embedding", "-e", help="Saved condition to combine (repeatable)."),
     weight: list[float] = typer.Option(None, "--weight", "-w", help="One weight per positive item, in the order: texts, the audio set, labels, embeddings."),
     negative: list[str] = typer.Option(None, "--not", help="Text of a sound NOT to separate (repeatable)."),
-    negative_audio: list[str] = typer.Option(None, "--not-audio", help="Recording of a sound NOT to separate (repeatable)."),
+    negative_audio: list[str] = typer.Option(None, "--not-query-audio", "--not-audio", help="Recording of a sound NOT to separate (repeatable)."),
     negative_label: list[str] = typer.Option(None, "--not-label", help="Label of a sound NOT to separate (repeatable)."),
     negative_strength: float = typer.Option(None, "--negative-strength", help="How strongly negatives are removed (beta, default 0.25; 1 wrecked separation in tests, keep it small)."),
     negative_method: str = typer.Option("subtract", "--negative-method", help="subtract or reject (see docs)."),
     text_encoder: str = typer.Option(None, "--text-encoder", help="Override the text encoder (default: the one the model's projection was trained with; MiniLM for routing)."),
     relative_db: float = typer.Option(None, "--relative-db", help="Audio queries: drop segments more than this many dB below the file's loudest segment (default 40)."),
     floor_dbfs: float = typer.Option(None, "--floor-dbfs", help="Audio queries: drop segments at or below this RMS level in dBFS (default -80)."),
-    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+    device: str = typer.Option("auto", "--device", "-d", help=DEVICE_HELP),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out file."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Report how each part was encoded (the classes a text became with their weights, label matches, audio segments used)."),
 ) -> None:
@@ -290,6 +312,8 @@ def embed(
     from separator.query.compose import Query, QueryEncoder, save_condition
     from separator.query.errors import QueryError
 
+    audio = list(audio or []) + list(audio_alias or [])
+    dev = _device(device)
     try:
         query = Query.build(
             text=text or None, audio=audio or None, label=label or None, embedding=embedding or None,
@@ -297,11 +321,10 @@ def embed(
             negative_label=negative_label or None, negative_method=negative_method,
             **({"negative_strength": negative_strength} if negative_strength is not None else {}),
         )
-        needs_model = any(i.kind != "embedding" for i in query.positives + query.negatives)
-        if model is None and needs_model:
-            fail("--model DIR is needed to encode text, audio or label queries (a folder made by qsep)")
+        needs_model = model is not None or any(i.kind != "embedding" for i in query.positives + query.negatives)
         gate = {k: v for k, v in (("relative_db", relative_db), ("floor_dbfs", floor_dbfs)) if v is not None}
-        encoder = QueryEncoder.from_model(model, device=device, text_encoder=text_encoder, **gate) if model else QueryEncoder()
+        encoder = (QueryEncoder.from_model(model, device=dev, text_encoder=text_encoder, **gate) if needs_model
+                   else QueryEncoder())
         result = encoder.encode(query)
         path = save_condition(out, result, encoder, overwrite=overwrite)
     except (QueryError, AudioError, CheckpointError, ConfigError) as exc:
@@ -314,7 +337,7 @@ def embed(
 @app.command(context_settings=_PASSTHROUGH)
 def mine(
     ctx: typer.Context,
-    detector: str = typer.Option(..., "--detector", help="qsep model folder with the HTS-AT detector (component detector or audio_encoder)."),
+    detector: Optional[str] = typer.Option(None, "--detector", "--model", "-m", help=MODEL_HELP + " It must hold an HTS-AT detector (component detector or audio_encoder)."),
     data: str = typer.Option(..., "--data", help="The clips: a CSV manifest (path,labels), an HDF5 pack (.h5), or an AudioSet segments CSV (with --audio-dir)."),
     out: str = typer.Option(..., "--out", "-o", help="Output folder of the segment manifest (re-run to resume)."),
     data_format: str = typer.Option(None, "--format", help="manifest | hdf5 | audioset (default: from --data's extension; .h5 -> hdf5)."),
@@ -329,8 +352,9 @@ def mine(
     num_workers: int = typer.Option(None, "--num-workers", min=0, help="DataLoader workers (default 0)."),
     store_audio: bool = typer.Option(None, "--store-audio/--no-store-audio", help="Store the anchor audio in the shards (needed for HDF5 packs)."),
     accelerator: str = typer.Option(None, "--accelerator", help="auto, cpu or gpu."),
-    devices: str = typer.Option(None, "--devices", help="Devices per node: a number, a list like 0,1, or auto; >1 runs DDP."),
+    devices: str = typer.Option(None, "--devices", help=DEVICES_HELP),
     num_nodes: int = typer.Option(None, "--num-nodes", min=1, help="Nodes for multi-node DDP."),
+    set_: list[str] = typer.Option(None, "--set", help=SET_HELP),
 ) -> None:
     """Mine anchor segments from weakly labeled clips with a sound event detector.
 
@@ -347,10 +371,10 @@ def mine(
     from sed.data import DatasetError
     from sed.mining import MiningConfig, mine as run, mining_dataset
 
-    if ctx.args:
-        fail(f"unexpected arguments {ctx.args}; see `qsep mine --help`")
+    overrides = _parse_overrides(list(ctx.args) + list(set_ or []))
     try:
         fields = load_yaml(config) if config else {}
+        fields.update(overrides)
         fields.update(_given(segment_seconds=segment_seconds, min_prob=min_prob, max_anchors=max_anchors,
                              shard_size=shard_size, batch_size=batch_size, num_workers=num_workers,
                              store_audio=store_audio, accelerator=accelerator, num_nodes=num_nodes,
@@ -371,14 +395,18 @@ def mine(
 def models(
     folders: list[Path] = typer.Argument(None, help="Extra model folders (or folders of models) to list."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+    labels: Optional[str] = typer.Option(None, "--labels", help="List the labels (label bank classes, with their synonyms and training counts) of this model: a name from the list, or a folder."),
 ) -> None:
     """List the models qsep can find: the shipped default, $QSEP_MODELS, ~/.cache/qsep/models, and FOLDERS."""
     import json as _json
 
     from rich.table import Table
 
-    from separator.hub import DEFAULT_MODEL, list_models, search_path
+    from qsep_core.hub import DEFAULT_MODEL, list_models, search_path
 
+    if labels is not None:
+        _print_labels(labels, as_json)
+        return
     entries = list_models(list(folders or []))
     if as_json:
         typer.echo(_json.dumps([{**e.__dict__, "path": str(e.path)} for e in entries], indent=2))
@@ -391,9 +419,37 @@ def models(
     for col in ("name", "queries", "rate", "size", "preset", "path"):
         table.add_column(col)
     for e in entries:
-        table.add_row(e.name, ", ".join(e.query_types) if not e.error else f"[red]{e.error}[/]",
+        name = f"{e.name} (default)" if e.name == DEFAULT_MODEL else e.name
+        table.add_row(name, ", ".join(e.query_types) if not e.error else f"[red]{e.error}[/]",
                       f"{e.sample_rate} Hz" if e.sample_rate else "", f"{e.size_mb:.1f} MB", e.preset or "", str(e.path))
-    Console().print(table)
+    _stdout_console().print(table)
+    console.print(f"`qsep models --labels NAME` lists a model's labels; --model NAME works in every command", highlight=False)
+
+
+def _print_labels(model: str, as_json: bool) -> None:
+    """``qsep models --labels MODEL``: the label bank of a model (names, synonyms, training counts)."""
+    import json as _json
+
+    from rich.table import Table
+
+    from qsep_core.checkpoint import CheckpointError
+    from separator.query.labels import label_bank_table
+
+    try:
+        rows = label_bank_table(model)
+    except CheckpointError as exc:
+        fail(str(exc))
+    if as_json:
+        typer.echo(_json.dumps(rows, indent=2))
+        return
+    table = Table(title=f"labels of {model}")
+    for col in ("label", "synonyms", "training anchors"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["label"], ", ".join(r["synonyms"]), "" if r["count"] is None else str(r["count"]))
+    _stdout_console().print(table)
+    console.print(f"{plural(len(rows), 'label')}; any text also works (`--text`), routed to these through the AudioSet ontology",
+                  highlight=False)
 
 
 def _given(**options):
@@ -402,13 +458,41 @@ def _given(**options):
 
 
 def _devices(text: Optional[str]):
-    """``--devices``: ``"2"`` -> 2, ``"0,1"`` -> [0, 1], ``"auto"`` -> ``"auto"`` (None: not given)."""
+    """``--devices``, one syntax for every command: ``"2"`` -> 2, ``"0,1"`` (or ``"[0,1]"``) -> [0, 1],
+    ``"auto"`` -> ``"auto"`` (None: not given); anything else is an error line."""
     if text is None:
         return None
-    d = text.strip()
-    if d.isdigit():
+    d = text.strip().strip("[]").replace(" ", "")
+    if d == "auto":
+        return d
+    if d.isdigit() and int(d) > 0:
         return int(d)
-    return [int(x) for x in d.split(",") if x] if "," in d else d
+    parts = d.split(",")
+    if len(parts) > 1 and all(p.isdigit() for p in parts):
+        return [int(p) for p in parts]
+    fail(f"--devices {text!r}: give a count (2), a list of device indices (0,1) or auto")
+
+
+def _run_training(run, what: str):
+    """Call a training entry point, turning the errors a user can act on into one line each."""
+    from qsep_core.audio import AudioError
+    from qsep_core.checkpoint import CheckpointError
+    from qsep_core.config import ConfigError
+    from qsep_core.extras import MissingExtraError
+    from qsep_core.manifest import ManifestError
+
+    try:
+        from lightning.fabric.utilities.exceptions import MisconfigurationException
+    except ImportError:  # pragma: no cover - lightning is a dependency
+        MisconfigurationException = ConfigError
+    from sed.data import DatasetError
+
+    try:
+        return run()
+    except MisconfigurationException as exc:  # e.g. --accelerator gpu on a machine without one
+        fail(f"{what}: {exc} (check --accelerator / --devices; `--accelerator cpu` runs anywhere)")
+    except (ConfigError, CheckpointError, ManifestError, DatasetError, AudioError, MissingExtraError, FileNotFoundError) as exc:
+        fail(str(exc))
 
 
 def _parse_overrides(items: list[str]) -> dict:
@@ -430,32 +514,28 @@ def train_sed(
     ctx: typer.Context,
     config: str = typer.Option(..., "--config", "-c", help="YAML training config (e.g. configs/sed_tiny.yaml)."),
     out: str = typer.Option(None, "--out", "-o", help="Run folder (checkpoints, logs, exported model); overrides out_dir."),
-    devices: str = typer.Option(None, "--devices", help="Devices per node: a number, a list like 0,1, or auto."),
+    devices: str = typer.Option(None, "--devices", help=DEVICES_HELP),
     accelerator: str = typer.Option(None, "--accelerator", help="auto, cpu or gpu."),
     max_steps: int = typer.Option(None, "--max-steps", help="Stop after this many optimiser steps."),
     precision: str = typer.Option(None, "--precision", help="32-true, bf16-mixed (GPU), 16-mixed ..."),
     num_nodes: int = typer.Option(None, "--num-nodes", help="Nodes for multi-node DDP."),
     resume: bool = typer.Option(None, "--resume/--no-resume", help="Continue from <out>/checkpoints/last.ckpt if it exists (default: yes)."),
+    set_: list[str] = typer.Option(None, "--set", help=SET_HELP),
 ) -> None:
     """Train an HTS-AT sound event detector on weakly labeled clips.
 
-    Extra arguments KEY=VALUE override config fields, e.g. `data.batch_size=8 lr=3e-4`.
+    Extra arguments KEY=VALUE (or --set KEY=VALUE) override config fields, e.g. `data.batch_size=8 lr=3e-4`.
     """
-    from qsep_core.config import ConfigError
-
-    overrides = _parse_overrides(list(ctx.args))
+    overrides = _parse_overrides(list(ctx.args) + list(set_ or []))
     overrides.update(_given(out_dir=out, accelerator=accelerator, max_steps=max_steps, precision=precision,
                             num_nodes=num_nodes, resume=resume, devices=_devices(devices)))
-    try:
-        from qsep_core.audio import AudioError
-        from qsep_core.extras import MissingExtraError
-        from sed.data import DatasetError
-        from sed.train import load_sed_config, train_sed as run
 
-        cfg = load_sed_config(config, overrides)
-        model_dir = run(cfg)
-    except (ConfigError, DatasetError, AudioError, MissingExtraError, FileNotFoundError) as exc:
-        fail(str(exc))
+    def run():
+        from sed.train import load_sed_config, train_sed
+
+        return train_sed(load_sed_config(config, overrides))
+
+    model_dir = _run_training(run, "qsep train sed")
     console.print(f"exported the detector to {model_dir}", highlight=False)
 
 
@@ -466,34 +546,29 @@ def train_separator(
     manifest: str = typer.Option(None, "--manifest", help="Output folder of `qsep mine`; overrides manifest."),
     out: str = typer.Option(None, "--out", "-o", help="Run folder (checkpoints, logs, exported model/); overrides out_dir."),
     detector: str = typer.Option(None, "--detector", help="Detector model folder copied into the export as the audio query encoder."),
-    devices: str = typer.Option(None, "--devices", help="Devices per node: a number, a list like 0,1, or auto."),
+    devices: str = typer.Option(None, "--devices", help=DEVICES_HELP),
     accelerator: str = typer.Option(None, "--accelerator", help="auto, cpu or gpu."),
     num_nodes: int = typer.Option(None, "--num-nodes", help="Nodes for multi-node DDP."),
     max_steps: int = typer.Option(None, "--max-steps", help="Stop after this many optimiser steps."),
     precision: str = typer.Option(None, "--precision", help="auto (bf16-mixed on GPU), 32-true, ..."),
     resume: bool = typer.Option(None, "--resume/--no-resume", help="Continue from <out>/checkpoints/last.ckpt if it exists (default: yes)."),
-    set_: list[str] = typer.Option(None, "--set", help="KEY=VALUE override of a config field (repeatable), e.g. --set mixing.random_gain_db=3."),
+    set_: list[str] = typer.Option(None, "--set", help=SET_HELP),
 ) -> None:
     """Train a query-conditioned separator on mined segments.
 
     Extra arguments KEY=VALUE (or --set KEY=VALUE) override config fields, e.g. `lr=3e-4 model.channels=[16,32]`.
     """
-    from qsep_core.audio import AudioError
-    from qsep_core.checkpoint import CheckpointError
-    from qsep_core.config import ConfigError
-    from qsep_core.manifest import ManifestError
-
     overrides = _parse_overrides(list(ctx.args) + list(set_ or []))
     overrides.update(_given(manifest=manifest, out_dir=out, detector=detector, accelerator=accelerator,
                             num_nodes=num_nodes, max_steps=max_steps, precision=precision, resume=resume,
                             devices=_devices(devices)))
-    try:
-        from separator.train import load_training_config, train_separator as run
 
-        cfg = load_training_config(config, overrides)
-        folder = run(cfg)
-    except (ConfigError, CheckpointError, ManifestError, AudioError, FileNotFoundError) as exc:
-        fail(str(exc))
+    def run():
+        from separator.train import load_training_config, train_separator
+
+        return train_separator(load_training_config(config, overrides))
+
+    folder = _run_training(run, "qsep train separator")
     console.print(f"exported the separator to {folder}", highlight=False)
 
 
@@ -506,12 +581,13 @@ def train_text_projection(
     manifest: str = typer.Option(None, "--manifest", help="Mining output folder, or CSV segment table."),
     latents: str = typer.Option(None, "--latents", help="Latents file of a CSV manifest (.safetensors/.npz)."),
     steps: int = typer.Option(None, "--steps", help="Optimisation steps."),
-    device: str = typer.Option(None, "--device", help="cpu or cuda."),
+    device: str = typer.Option(None, "--device", "-d", help=DEVICE_HELP + " Default: the config's (cpu)."),
     overwrite: bool = typer.Option(None, "--overwrite/--no-overwrite", help="Allow --out to replace an existing folder."),
+    set_: list[str] = typer.Option(None, "--set", help=SET_HELP),
 ) -> None:
     """Train the projection from text embeddings into the audio latent space, validate it, save it into a model.
 
-    Extra arguments KEY=VALUE override config fields, e.g. `lr=3e-4 batch_size=64 held_out_classes=[Cough]`.
+    Extra arguments KEY=VALUE (or --set KEY=VALUE) override config fields, e.g. `lr=3e-4 batch_size=64 held_out_classes=[Cough]`.
     """
     import json
 
@@ -520,7 +596,9 @@ def train_text_projection(
     from separator.query.errors import QueryError
     from separator.query.train import TextProjectionTrainConfig, train_text_projection as run
 
-    overrides = _parse_overrides(list(ctx.args))
+    overrides = _parse_overrides(list(ctx.args) + list(set_ or []))
+    if device is not None:
+        device = str(_device(device))
     overrides.update(_given(model=model, out=out, manifest=manifest, latents=latents, steps=steps, device=device,
                             overwrite=overwrite))
     try:
@@ -546,18 +624,20 @@ def _progress_bar():
 
 @evaluate_app.command("musdb")
 def evaluate_musdb(
-    root: Path = typer.Argument(..., help="MUSDB18 folder holding train/ and test/ (.stem.mp4, or MUSDB18-HQ wav folders)."),
-    model: Optional[Path] = typer.Option(None, "--model", help="Model folder to evaluate."),
+    root: Path = typer.Argument(..., help="MUSDB18 folder holding train/ and test/ (.stem.mp4, or MUSDB18-HQ wav/flac folders)."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help=MODEL_HELP + " With only --oracle, no model is evaluated."),
     subset: str = typer.Option("test", "--subset", help="MUSDB18 subset to evaluate (train or test)."),
     tracks: Optional[str] = typer.Option(None, "--tracks", help="A count (first N tracks) or comma-separated track names."),
     duration: Optional[float] = typer.Option(None, "--duration", help="Evaluate only the first S seconds of each track."),
     protocol: str = typer.Option("sisec18", "--protocol", help="sisec18 (standard) or zsass (the paper's NON-STANDARD protocol)."),
-    text_queries: bool = typer.Option(False, "--text-queries", help="Query the stems by text instead of train-set audio."),
+    text_queries: bool = typer.Option(False, "--text-queries", help="Query the stems by text instead of train-set audio (texts: --stem-text; no train subset needed)."),
+    stem_text: list[str] = typer.Option([], "--stem-text", help="STEM=TEXT: the text query of a stem with --text-queries (repeatable), e.g. --stem-text vocals='female singer'. Defaults: vocals='singing voice', drums='drum kit', bass='bass guitar', other='piano, guitar and synthesizer'."),
     query_dir: Optional[Path] = typer.Option(None, "--query-dir", help="Cache of the train-set stem query embeddings (default: OUT/queries)."),
-    out: Path = typer.Option(Path("musdb_eval"), "--out", help="Output folder (per-track JSON, summary, estimates)."),
+    out: Path = typer.Option(Path("musdb_eval"), "--out", "-o", help="Output folder (per-track JSON, summary, estimates). Rerunning with the same settings resumes; the summary covers only this run's settings."),
     jobs: int = typer.Option(1, "-j", "--jobs", help="Processes computing the metrics in parallel."),
     save_estimates: bool = typer.Option(False, "--save-estimates", help="Also write the estimates as wav files."),
-    oracle: list[str] = typer.Option([], "--oracle", help="Oracle baseline(s) to add: mixture, irm (repeatable; no model needed)."),
+    oracle: list[str] = typer.Option([], "--oracle", help="Oracle baseline(s) to add: mixture, irm (repeatable; alone: no model is evaluated)."),
+    device: str = typer.Option("auto", "--device", "-d", help=DEVICE_HELP),
 ) -> None:
     """Evaluate on MUSDB18 / MUSDB18-HQ (SiSEC18 or ZS-ASS protocol)."""
     from qsep_core.checkpoint import CheckpointError
@@ -565,12 +645,22 @@ def evaluate_musdb(
     from separator.eval.deps import FfmpegNotFoundError
     from separator.eval.run import run_musdb
 
+    texts = {}
+    for item in stem_text:
+        stem, sep, text = item.partition("=")
+        if not sep or not stem.strip() or not text.strip():
+            fail(f"--stem-text {item!r}: write STEM=TEXT, e.g. --stem-text vocals='singing voice'")
+        texts[stem.strip()] = text.strip()
+    if texts and not text_queries:
+        fail("--stem-text needs --text-queries (without it the stems are queried by train-set audio)")
+    dev = _device(device)
     bar, update = _progress_bar()
     try:
         with bar:
             summary = run_musdb(root, out, model=model, oracles=oracle, protocol=protocol, subset=subset, tracks=tracks,
-                                duration=duration, text_queries=text_queries, query_dir=query_dir, jobs=jobs,
-                                save_estimates=save_estimates, progress=update)
+                                duration=duration, text_queries=text_queries, stem_texts=texts or None,
+                                query_dir=query_dir, jobs=jobs, save_estimates=save_estimates, progress=update,
+                                device=dev)
     except (FfmpegNotFoundError, CheckpointError, OSError, ValueError, KeyError, ImportError) as err:
         fail(str(err))
     typer.echo(ev.summary_markdown(summary))
@@ -585,27 +675,30 @@ def _split_list(text: str) -> list[str]:
 @evaluate_app.command("mixtures")
 def evaluate_mixtures(
     corpus: Path = typer.Argument(..., help="CSV manifest with columns path,labels (labels separated by ';'), or an AudioSet folder (segments CSV + class_labels_indices.csv + audio)."),
-    held_out: str = typer.Option(..., "--held-out", help="Classes never seen in training, separated by ',' (or ';' when names contain commas)."),
-    model: Optional[Path] = typer.Option(None, "--model", help="Model folder to evaluate."),
+    held_out: Optional[str] = typer.Option(None, "--held-out", help="Classes never seen in training (reported as zero-shot), separated by ',' (or ';' when names contain commas). Default: none. Each must be a label of the corpus."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help=MODEL_HELP),
     oracle: Optional[str] = typer.Option(None, "--oracle", help="Evaluate an oracle instead of a model: mixture or irm."),
     classes: Optional[str] = typer.Option(None, "--classes", help="Classes to evaluate, separated like --held-out (default: every label in the corpus)."),
     query: str = typer.Option("text", "--query", help="Query kind: text, audio or label."),
     unrelated_text: Optional[str] = typer.Option(None, "--unrelated-text", help="A control: query EVERY class with this one text (with --query text), e.g. 'typing on a computer keyboard'."),
     per_class: int = typer.Option(10, "--per-class", help="Mixtures per class."),
     seed: int = typer.Option(0, "--seed", help="Seed of the mixture draw."),
-    out: Path = typer.Option(Path("mixtures_eval"), "--out", help="Output folder (mixture set, results JSON + markdown)."),
+    out: Path = typer.Option(Path("mixtures_eval"), "--out", "-o", help="Output folder (mixture set, results JSON + markdown per model and query kind); a later run must ask for the same mixture set."),
+    device: str = typer.Option("auto", "--device", "-d", help=DEVICE_HELP),
 ) -> None:
     """Evaluate on seeded two-source mixtures of a weak-label corpus (seen and held-out classes)."""
     from qsep_core.checkpoint import CheckpointError
     from separator.eval import mixtures as mx
     from separator.eval.run import run_mixtures
 
+    dev = _device(device)
     bar, update = _progress_bar()
     try:
         with bar:
-            run = run_mixtures(corpus, out, held_out=_split_list(held_out), model=model, oracle=oracle,
+            run = run_mixtures(corpus, out, held_out=_split_list(held_out) if held_out else [], model=model, oracle=oracle,
                                classes=_split_list(classes) if classes else None, query=query,
-                               unrelated_text=unrelated_text, per_class=per_class, seed=seed, progress=update)
+                               unrelated_text=unrelated_text, per_class=per_class, seed=seed, progress=update,
+                               device=dev)
     except (CheckpointError, OSError, ValueError, KeyError, ImportError) as err:
         fail(str(err))
     if run.reused_set:

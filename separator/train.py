@@ -822,6 +822,7 @@ def train_separator(config: SeparatorTrainingConfig) -> Path:
         metrics = {k: float(v) for k, v in result.trainer.callback_metrics.items() if k.startswith("val/")}
         meta = {
             "trained_with": "qsep train separator",
+            "preset": config.model_preset if config.model_kind == "query_unet" else config.model_kind,
             "condition": config.mixing.condition,
             "sample_rate": rate,
             "segment_samples": dm.segment_samples,

@@ -22,7 +22,7 @@ killed run is continued by running the same command again):
                 held-out classes (``RUNS/projection_heldout_val``); configs/text_projection_starter.yaml trains the
                 same projection on the training classes and adds it + a label bank of the training classes
                 (events + stems) to the model.
-6. ``--package`` copies the model to ``separator/pretrained/qsep-starter`` with provenance metadata.
+6. ``--package`` copies the model to ``qsep_core/pretrained/qsep-starter`` with provenance metadata.
 7. ``--evaluate`` runs ``qsep evaluate mixtures`` (text / audio / label queries + mixture and IRM oracles) on
                 the eval clips (training classes, unseen recordings) + held-out clips, and ``qsep evaluate musdb``
                 (SiSEC18, audio and text queries + oracles) on the music TEST tracks, into ``RUNS/eval``
@@ -285,7 +285,7 @@ def step_projection(data: Path, runs: Path, segs: dict[str, Path], model: Path, 
 
 
 def step_package(data: Path, runs: Path, model: Path, argv: list[str], timings: dict[str, float]) -> Path:
-    dest = REPO / "separator" / "pretrained" / MODEL_NAME
+    dest = REPO / "qsep_core" / "pretrained" / MODEL_NAME
     folder = ModelFolder(model)
     comps = {n: Component(folder.kind(n), folder.component_config(n), folder.state_dict(n)) for n in folder.components}
     report = json.loads((data / "report.json").read_text())
@@ -394,7 +394,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--ablations", action="store_true", help=f"first the short ablation runs {[a[0] for a in ABLATIONS]}")
     ap.add_argument("--ablation-steps", type=int, default=400)
     ap.add_argument("--proj-steps", type=int, default=300)
-    ap.add_argument("--package", action="store_true", help="copy the model to separator/pretrained/qsep-starter")
+    ap.add_argument("--package", action="store_true", help="copy the model to qsep_core/pretrained/qsep-starter")
     ap.add_argument("--evaluate", action="store_true", help="run the evaluations into RUNS/eval")
     ap.add_argument("--summary", action="store_true", help="only print the table of RUNS/eval's numbers")
     ap.add_argument("--stop-after", choices=["sed", "mine", "segments", "ablations", "separator", "projection"], default=None)

@@ -216,19 +216,48 @@ class TrackEstimates:
     estimates: dict[str, np.ndarray]
 
 
-def _detect_is_wav(root: Path, subsets: Sequence[str]) -> bool:
+#: file extensions of the MUSDB18-HQ folder layout (``<track>/mixture.<ext>`` + one file per stem)
+HQ_EXTENSIONS = ("wav", "flac")
+
+
+def _detect_layout(root: Path, subsets: Sequence[str]) -> str | None:
+    """``None`` for ``.stem.mp4`` files (MUSDB18), else the extension of the MUSDB18-HQ stem files."""
     for subset in subsets:
         folder = root / subset
         if not folder.is_dir():
             continue
         if any(folder.glob("*.stem.mp4")):
-            return False
-        if any((d / "mixture.wav").is_file() for d in folder.iterdir() if d.is_dir()):
-            return True
+            return None
+        for ext in HQ_EXTENSIONS:
+            if any((d / f"mixture.{ext}").is_file() for d in folder.iterdir() if d.is_dir()):
+                return ext
     raise FileNotFoundError(
         f"no MUSDB18 tracks under {root} for subset(s) {list(subsets)}: expected {root}/<subset>/*.stem.mp4 "
-        f"(MUSDB18) or {root}/<subset>/<track>/mixture.wav + vocals/drums/bass/other.wav (MUSDB18-HQ / is_wav)"
+        f"(MUSDB18) or {root}/<subset>/<track>/mixture.wav + vocals/drums/bass/other.wav (MUSDB18-HQ; .flac works too)"
     )
+
+
+def _detect_is_wav(root: Path, subsets: Sequence[str]) -> bool:
+    return _detect_layout(root, subsets) is not None
+
+
+def _setup_file(ext: str) -> str | None:
+    """A musdb setup YAML naming the stem files ``<stem>.<ext>`` (None: musdb's own, ``.wav``)."""
+    if ext == "wav":
+        return None
+    import tempfile
+
+    import yaml
+
+    musdb = import_musdb()
+    setup = yaml.safe_load((Path(musdb.__path__[0]) / "configs" / "mus.yaml").read_text())
+    setup["mixture"] = f"mixture.{ext}"
+    setup["sources"] = {k: f"{Path(v).stem}.{ext}" for k, v in setup["sources"].items()}
+    folder = Path(tempfile.gettempdir()) / "qsep-musdb-setup"
+    folder.mkdir(exist_ok=True)
+    path = folder / f"mus_{ext}.yaml"
+    path.write_text(yaml.safe_dump(setup))
+    return str(path)
 
 
 def open_musdb(root: str | os.PathLike, subset: str = "test", is_wav: bool | None = None):
@@ -244,10 +273,12 @@ def open_musdb(root: str | os.PathLike, subset: str = "test", is_wav: bool | Non
         raise FileNotFoundError(f"MUSDB18 folder {root} does not exist")
     if subset not in ("train", "test"):
         raise ValueError(f"subset must be 'train' or 'test', got {subset!r}")
+    ext = "wav"
     if is_wav is None:
-        is_wav = _detect_is_wav(root, [subset])
+        found = _detect_layout(root, [subset])
+        is_wav, ext = found is not None, found or "wav"
     musdb = import_musdb()
-    db = musdb.DB(root=str(root), subsets=subset, is_wav=is_wav)
+    db = musdb.DB(root=str(root), subsets=subset, is_wav=is_wav, setup_file=_setup_file(ext) if is_wav else None)
     if len(db) == 0:
         raise FileNotFoundError(f"musdb found no tracks in {root}/{subset} (is_wav={is_wav})")
     return db
@@ -616,8 +647,13 @@ def evaluate_musdb(
     save_estimates: bool = False,
     is_wav: bool | None = None,
     progress: ProgressFn | None = None,
+    run_info: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Evaluate estimators on MUSDB18 tracks, resumably, and write the summary.
+
+    The summary covers the results in ``out`` made with this run's settings (protocol, subset, duration) on the
+    selected tracks; results of earlier runs with other settings stay on disk but are not mixed in. It records
+    the settings, the tracks and ``run_info`` (the caller's facts: model, queries).
 
     Args:
         estimators: the methods to evaluate (a model, oracles) — each gets its own row.
@@ -683,16 +719,25 @@ def evaluate_musdb(
     finally:
         if executor is not None:
             executor.shutdown(wait=True, cancel_futures=True)
-    return summarize(out_path, track_names=[t.name for t in selected])
+    return summarize(out_path, track_names=[t.name for t in selected], settings=settings,
+                     run_info={**(run_info or {}), "methods": names})
 
 
-def summarize(out: str | os.PathLike, track_names: Sequence[str] | None = None) -> dict[str, Any]:
-    """Aggregate every ``<method>/<protocol>/tracks/*.json`` under ``out``: median of per-track medians.
+def _run_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """A result's settings without the estimator fingerprint (what makes results of one run comparable)."""
+    return {k: v for k, v in json.loads(json.dumps(settings)).items() if k != "estimator"}
 
-    Writes ``out/summary.json`` and ``out/summary.md`` and returns the summary dict:
-    ``{"rows": [{"method", "protocol", "non_standard", "tracks", "sdr": {stem: median}, ...}]}``.
+
+def summarize(out: str | os.PathLike, track_names: Sequence[str] | None = None,
+              settings: Mapping[str, Any] | None = None, run_info: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Aggregate ``<method>/<protocol>/tracks/*.json`` under ``out``: median of per-track medians.
+
+    Only results of ``track_names`` (None: all) made with ``settings`` (protocol, subset, duration; None: any)
+    are aggregated. Writes ``out/summary.json`` and ``out/summary.md`` and returns the summary dict:
+    ``{"settings", "run", "rows": [{"method", "protocol", "non_standard", "tracks", "sdr": {stem: median}, ...}]}``.
     """
     out_path = Path(out)
+    wanted = _run_settings(settings) if settings is not None else None
     rows = []
     for track_dir in sorted(out_path.glob("*/*/tracks")):
         method, proto_name = track_dir.parent.parent.name, track_dir.parent.name
@@ -700,6 +745,8 @@ def summarize(out: str | os.PathLike, track_names: Sequence[str] | None = None) 
         for f in sorted(track_dir.glob("*.json")):
             data = json.loads(f.read_text())
             if track_names is not None and data.get("track") not in track_names:
+                continue
+            if wanted is not None and _run_settings(data.get("settings") or {}) != wanted:
                 continue
             results.append(data)
         if not results:
@@ -721,7 +768,8 @@ def summarize(out: str | os.PathLike, track_names: Sequence[str] | None = None) 
         row["sdr_mean_over_stems"] = float(np.mean(vals)) if vals else None
         rows.append(row)
     summary = {"version": RESULT_VERSION, "aggregation": "median over frames/segments per track, then median over tracks",
-               "rows": rows}
+               "settings": wanted, "tracks": list(track_names) if track_names is not None else None,
+               "run": dict(run_info or {}), "rows": rows}
     out_path.mkdir(parents=True, exist_ok=True)
     _write_json(out_path / "summary.json", summary)
     _write_text(out_path / "summary.md", summary_markdown(summary))
@@ -735,6 +783,17 @@ def _fmt(v: float | None) -> str:
 def summary_markdown(summary: Mapping[str, Any]) -> str:
     """Markdown tables of a summary: BSS Eval SDR per protocol, and the MDX SDR for SiSEC18."""
     lines = ["# MUSDB18 SDR (dB)", ""]
+    st, run = summary.get("settings") or {}, summary.get("run") or {}
+    if st:
+        dur = st.get("duration")
+        lines += [f"Settings: subset `{st.get('subset')}`, {'whole tracks' if dur is None else f'first {dur:g} s of each track'}, "
+                  f"{len(summary.get('tracks') or [])} track(s)."]
+    if run.get("model"):
+        queries = run.get("stem_queries")
+        q = ", ".join(f"{k}: '{v}'" for k, v in queries.items()) if isinstance(queries, dict) else queries
+        lines += [f"Model: `{run['model']}`; stem queries: {q}."]
+    if st or run.get("model"):
+        lines.append("")
     for proto_name in sorted({r["protocol"] for r in summary["rows"]}):
         rows = [r for r in summary["rows"] if r["protocol"] == proto_name]
         stems = list(rows[0]["sdr"])

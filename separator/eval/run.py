@@ -20,7 +20,7 @@ from qsep_core.atomic import atomic_write_text
 from separator.eval import estimators as est_mod
 from separator.eval import mixtures as mx
 
-__all__ = ["Encode", "Separate", "load_model", "musdb_estimators", "run_musdb", "MixtureRun", "run_mixtures"]
+__all__ = ["Encode", "Separate", "load_model", "check_classes", "resolve_stem_texts", "musdb_estimators", "run_musdb", "MixtureRun", "run_mixtures"]
 
 #: ``encode(text=... | audio=[files] | label=...) -> condition (D,)``
 Encode = Callable[..., torch.Tensor]
@@ -29,8 +29,34 @@ Separate = Callable[[torch.Tensor, int, torch.Tensor], torch.Tensor]
 ProgressFn = Callable[[str, int, int], None]
 
 
-def load_model(model: str | os.PathLike) -> tuple[Encode, Separate]:
-    """A model folder as two callables: :data:`Encode` (its query encoders) and :data:`Separate` (its separator).
+def _model_facts(model: str | os.PathLike | None) -> tuple[Path, str]:
+    """``(resolved folder, display name)`` of a model argument (None: the shipped default)."""
+    from qsep_core.hub import model_display_name, resolve_model
+
+    path = resolve_model(model)
+    return path.resolve(), model_display_name(path)
+
+
+def _difference(asked: dict[str, Any], stored: dict[str, Any]) -> str:
+    return ", ".join(f"{k}: asked {asked[k]!r}, the folder has {stored.get(k)!r}" for k in asked if asked[k] != stored.get(k))
+
+
+def check_classes(names: Sequence[str], known: Sequence[str], option: str) -> None:
+    """Raise ValueError naming every entry of ``names`` that is not in ``known``, with close matches."""
+    import difflib
+
+    unknown = [n for n in names if n not in set(known)]
+    if unknown:
+        hints = "; ".join(f"{n!r}: did you mean {difflib.get_close_matches(n, known, n=3, cutoff=0.5) or 'none close'}"
+                          for n in unknown)
+        raise ValueError(f"{option}: {len(unknown)} name(s) are not labels of the corpus ({hints}); "
+                         f"the corpus has {len(known)} labels: {sorted(known)}")
+
+
+def load_model(model: str | os.PathLike | None = None, device: torch.device | str = "auto") -> tuple[Encode, Separate]:
+    """A model as two callables: :data:`Encode` (its query encoders) and :data:`Separate` (its separator).
+
+    ``model`` is resolved like every model argument (:func:`qsep_core.hub.resolve_model`; None: the shipped one).
 
     Raises:
         separator.checkpoint.CheckpointError: the folder is missing, malformed or holds no separator.
@@ -38,8 +64,8 @@ def load_model(model: str | os.PathLike) -> tuple[Encode, Separate]:
     from separator.api import Separator
     from separator.query.compose import Query, QueryEncoder
 
-    sep = Separator.from_pretrained(model)
-    encoder = QueryEncoder.from_model(model)
+    sep = Separator.from_pretrained(model, device=device)
+    encoder = QueryEncoder.from_model(sep.model_folder, device=sep.device)
 
     def encode(**query: Any) -> torch.Tensor:
         return encoder.encode(Query.build(**query)).condition
@@ -50,38 +76,62 @@ def load_model(model: str | os.PathLike) -> tuple[Encode, Separate]:
     return encode, separate
 
 
-def musdb_estimators(root: str | os.PathLike, out: str | os.PathLike, *, model: str | os.PathLike | None = None,
-                     oracles: Sequence[str] = (), text_queries: bool = False,
-                     query_dir: str | os.PathLike | None = None) -> list[est_mod.Estimator]:
-    """The estimators of a MUSDB18 run: the oracles named, then the model (``"model"``, or ``"model-text"``
-    with text queries).
-
-    The model's stem queries are text (:data:`separator.eval.queries.DEFAULT_STEM_TEXTS`) or embeddings of
-    train-set stems (:func:`separator.eval.queries.build_stem_queries`, cached in ``query_dir``,
-    default ``out/queries``).
+def resolve_stem_texts(overrides: dict[str, str] | None = None) -> dict[str, str]:
+    """The text query of each MUSDB18 stem: :data:`separator.eval.queries.DEFAULT_STEM_TEXTS` with ``overrides``.
 
     Raises:
-        ValueError: neither a model nor an oracle, or an unknown oracle.
+        ValueError: an override names a stem MUSDB18 does not have.
+    """
+    from separator.eval.queries import DEFAULT_STEM_TEXTS
+
+    unknown = sorted(set(overrides or {}) - set(DEFAULT_STEM_TEXTS))
+    if unknown:
+        raise ValueError(f"--stem-text: unknown stem(s) {unknown}; MUSDB18 stems are {list(DEFAULT_STEM_TEXTS)}")
+    return {**DEFAULT_STEM_TEXTS, **(overrides or {})}
+
+
+def musdb_estimators(root: str | os.PathLike, out: str | os.PathLike, *, model: str | os.PathLike | None = None,
+                     oracles: Sequence[str] = (), text_queries: bool = False,
+                     stem_texts: dict[str, str] | None = None,
+                     query_dir: str | os.PathLike | None = None,
+                     device: torch.device | str = "auto") -> list[est_mod.Estimator]:
+    """The estimators of a MUSDB18 run: the oracles named, then the model (named as ``qsep models`` lists it,
+    ``<name>-text`` with text queries).
+
+    ``model`` None with no ``oracles`` evaluates the shipped default model; with oracles only, no model. The
+    model's stem queries are text (:func:`resolve_stem_texts`) or embeddings of train-set stems
+    (:func:`separator.eval.queries.build_stem_queries`, cached in ``query_dir``, default ``out/queries``).
+
+    Raises:
+        ValueError: an unknown oracle or stem; a folder without a train subset for audio queries.
         separator.checkpoint.CheckpointError: the model folder does not load.
         separator.eval.deps.FfmpegNotFoundError: train-set queries need musdb, which needs ffmpeg.
     """
     from separator.eval import musdb as ev
-    from separator.eval.queries import DEFAULT_STEM_TEXTS, build_stem_queries
+    from separator.eval.queries import build_stem_queries
 
-    if model is None and not oracles:
-        raise ValueError("nothing to evaluate: give --model DIR and/or --oracle mixture|irm")
     estimators = [est_mod.oracle(kind) for kind in oracles]
-    if model is not None:
-        encode, separate = load_model(model)
-        model_id = str(Path(model).resolve())
-        if text_queries:
-            queries = {stem: encode(text=text) for stem, text in DEFAULT_STEM_TEXTS.items()}
-            name = "model-text"
+    if model is not None or not oracles:
+        texts = resolve_stem_texts(stem_texts) if text_queries else None
+        train = None
+        if not text_queries:  # before loading the model: a test-only folder fails fast
+            try:
+                train = ev.select_tracks(ev.open_musdb(root, "train"))
+            except FileNotFoundError as exc:
+                raise FileNotFoundError(
+                    f"{exc}. Audio queries are embeddings of train-set stems; with a test-only folder use "
+                    "--text-queries (optionally --stem-text STEM=TEXT)"
+                ) from None
+        path, display = _model_facts(model)
+        encode, separate = load_model(path, device=device)
+        model_id = str(path)
+        if texts is not None:
+            queries = {stem: encode(text=text) for stem, text in texts.items()}
+            name = f"{display}-text"
         else:
-            train = ev.select_tracks(ev.open_musdb(root, "train"))
             queries = build_stem_queries(train, embed_files=lambda files: encode(audio=[str(f) for f in files]),
                                          query_dir=query_dir or Path(out) / "queries", embedder_id=model_id)
-            name = "model"
+            name = display
         estimators.append(est_mod.ConditionEstimator(separate=separate, queries=queries, name=name, model_id=model_id))
     return estimators
 
@@ -89,9 +139,15 @@ def musdb_estimators(root: str | os.PathLike, out: str | os.PathLike, *, model: 
 def run_musdb(root: str | os.PathLike, out: str | os.PathLike, *, model: str | os.PathLike | None = None,
               oracles: Sequence[str] = (), protocol: str = "sisec18", subset: str = "test",
               tracks: int | str | Sequence[str] | None = None, duration: float | None = None,
-              text_queries: bool = False, query_dir: str | os.PathLike | None = None, jobs: int = 1,
-              save_estimates: bool = False, progress: ProgressFn | None = None) -> dict[str, Any]:
+              text_queries: bool = False, stem_texts: dict[str, str] | None = None,
+              query_dir: str | os.PathLike | None = None, jobs: int = 1,
+              save_estimates: bool = False, progress: ProgressFn | None = None,
+              device: torch.device | str = "auto") -> dict[str, Any]:
     """Evaluate a model and/or oracles on MUSDB18 (:func:`separator.eval.musdb.evaluate_musdb`); returns the summary.
+
+    The summary (``out/summary.json``) covers this run's settings only (earlier results in ``out`` with other
+    settings are kept but not summarised) and records them: protocol, subset, duration, tracks, the model and
+    the stem queries (the texts, with ``text_queries``).
 
     Raises:
         ValueError: nothing to evaluate, an unknown protocol, oracle or track name, bad options.
@@ -103,9 +159,15 @@ def run_musdb(root: str | os.PathLike, out: str | os.PathLike, *, model: str | o
 
     proto = ev.protocol_from_name(protocol)
     estimators = musdb_estimators(root, out, model=model, oracles=oracles, text_queries=text_queries,
-                                  query_dir=query_dir)
+                                  stem_texts=stem_texts, query_dir=query_dir, device=device)
+    model_est = [e for e in estimators if isinstance(e, est_mod.ConditionEstimator)]
+    run_info = {
+        "model": model_est[0].model_id if model_est else None,
+        "oracles": list(oracles),
+        "stem_queries": (resolve_stem_texts(stem_texts) if text_queries else "train-set audio") if model_est else None,
+    }
     return ev.evaluate_musdb(root, estimators, out, protocol=proto, subset=subset, tracks=tracks, duration=duration,
-                             jobs=jobs, save_estimates=save_estimates, progress=progress)
+                             jobs=jobs, save_estimates=save_estimates, progress=progress, run_info=run_info)
 
 
 @dataclass
@@ -138,58 +200,86 @@ def _class_conditions(encode: Encode, separate: Separate) -> Callable[[torch.Ten
     return by_query
 
 
-def run_mixtures(corpus: str | os.PathLike, out: str | os.PathLike, *, held_out: Sequence[str],
+def run_mixtures(corpus: str | os.PathLike, out: str | os.PathLike, *, held_out: Sequence[str] = (),
                  model: str | os.PathLike | None = None, oracle: str | None = None,
                  classes: Sequence[str] | None = None, query: str = "text", unrelated_text: str | None = None,
-                 per_class: int = 10, seed: int = 0, progress: ProgressFn | None = None) -> MixtureRun:
+                 per_class: int = 10, seed: int = 0, progress: ProgressFn | None = None,
+                 device: torch.device | str = "auto") -> MixtureRun:
     """Evaluate a model (or an oracle) on seeded two-source mixtures of a weak-label corpus and write the results.
 
     The mixture set is drawn once and kept in ``out/mixture_set.json``: a later run in the same ``out``
-    evaluates exactly the same mixtures (its ``per_class`` and ``seed`` are then those of the file).
+    (another model, query kind or an oracle) evaluates exactly the same mixtures, and must ask for the same
+    set (corpus classes, ``per_class``, ``seed``) or it is refused. Results go to
+    ``results_<model name>_<query>.json`` / ``results_oracle-<kind>.json`` and record every setting.
 
     Args:
         corpus: a CSV manifest (``path,labels``) or an AudioSet-style folder.
-        held_out: classes never seen in training (reported separately).
-        model, oracle: exactly one of a model folder or ``"mixture"`` / ``"irm"``.
+        held_out: classes never seen in training (reported separately); each must be a corpus label.
+        model, oracle: a model (anything :func:`qsep_core.hub.resolve_model` takes) or ``"mixture"`` / ``"irm"``;
+            neither: the shipped default model.
         classes: the classes to evaluate (default: every label in the corpus).
         query: ``"text"``, ``"audio"`` or ``"label"`` (models only).
         unrelated_text: a control (text queries of a model): every class is queried with this one text;
             the results are named ``results_<method>_text_unrelated`` and record it as ``query_text``.
 
     Raises:
-        ValueError: not exactly one of model / oracle, an unknown query kind or oracle, a class without clips,
-            or ``unrelated_text`` without a model and text queries.
+        ValueError: both a model and an oracle, an unknown query kind or oracle, a held-out or evaluated class
+            that is not a corpus label (with close matches), a class without clips, a mixture set in ``out`` that
+            differs from the one asked for, or ``unrelated_text`` without a model and text queries.
         FileNotFoundError: the corpus is missing.
         separator.checkpoint.CheckpointError: the model folder does not load.
     """
-    if (model is None) == (oracle is None):
-        raise ValueError("give exactly one of --model DIR or --oracle mixture|irm")
+    if model is not None and oracle is not None:
+        raise ValueError("give one of --model or --oracle mixture|irm, not both")
     if oracle is None and query not in mx.QUERY_KINDS:
         raise ValueError(f"unknown query kind {query!r}; choose one of {list(mx.QUERY_KINDS)}")
     if unrelated_text is not None and (query != "text" or oracle is not None):
         raise ValueError("--unrelated-text is a control for --query text with a --model")
     out = Path(out)
     items = mx.read_corpus(corpus)
-    wanted = list(classes) if classes else sorted({lab for it in items for lab in it.labels})
+    labels = sorted({lab for it in items for lab in it.labels})
+    check_classes(held_out, labels, "--held-out")
+    if classes:
+        check_classes(classes, labels, "--classes")
+    wanted = list(classes) if classes else labels
     set_path = out / "mixture_set.json"
     reused = set_path.is_file()
+    config = mx.MixtureSetConfig(mixtures_per_class=per_class, seed=seed)
     if reused:
-        specs, query_audio, config = mx.load_mixture_set(set_path)
+        specs, query_audio, stored = mx.load_mixture_set(set_path)
+        asked = {"mixtures_per_class": per_class, "seed": seed, "classes": sorted(wanted)}
+        have = {"mixtures_per_class": stored.mixtures_per_class, "seed": stored.seed,
+                "classes": sorted({s.target_class for s in specs})}
+        if asked != have:
+            raise ValueError(f"{out} holds a different mixture set ({_difference(asked, have)}); use another --out "
+                             "or ask for the same set")
+        config = stored
     else:
-        config = mx.MixtureSetConfig(mixtures_per_class=per_class, seed=seed)
         specs, query_audio = mx.build_mixture_set(items, wanted, config)
-        mx.save_mixture_set(set_path, specs, query_audio, config)
+    if query == "audio" and oracle is None and not any(query_audio.values()):
+        raise ValueError(f"--query audio needs an example clip per class besides its {per_class} mixture targets, and "
+                         "no class of this corpus has a spare clip; lower --per-class, add clips, or use --query text/label")
+    name, model_path = f"oracle-{oracle}", None
     if oracle is not None:
         estimator: est_mod.Estimator = est_mod.oracle(oracle)
     else:
-        estimator = est_mod.ConditionEstimator(separate=_class_conditions(*load_model(model)), name="model")
+        model_path, name = _model_facts(model)
+        estimator = est_mod.ConditionEstimator(separate=_class_conditions(*load_model(model_path, device=device)),
+                                               name=name)
+    if not reused:
+        mx.save_mixture_set(set_path, specs, query_audio, config)
     texts = {c: unrelated_text for c in wanted} if unrelated_text else None
     results = mx.evaluate_mixtures(specs, estimator, held_out, query_kind=query, query_audio=query_audio,
                                    config=config, texts=texts, progress=progress)
     if unrelated_text:
         results["query_text"] = unrelated_text
+    results["settings"] = {
+        "corpus": str(Path(corpus).resolve()), "model": None if model_path is None else str(model_path),
+        "oracle": oracle, "query": None if oracle else query, "held_out": list(held_out), "classes": wanted,
+        "mixtures_per_class": config.mixtures_per_class, "seed": config.seed, "unrelated_text": unrelated_text,
+    }
     out.mkdir(parents=True, exist_ok=True)
-    stem = f"results_{results['method']}_{query}" + ("_unrelated" if unrelated_text else "")
+    stem = f"results_{name}" + ("" if oracle else f"_{query}") + ("_unrelated" if unrelated_text else "")
     json_path, md_path = out / f"{stem}.json", out / f"{stem}.md"
     atomic_write_text(json_path, json.dumps(results, indent=2))
     atomic_write_text(md_path, mx.results_markdown(results))

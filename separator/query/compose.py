@@ -377,7 +377,8 @@ class QueryEncoder:
     def from_model(
         cls, model: Any, device: str | torch.device = "cpu", text_encoder: str | TextEncoder | None = None, **audio_kwargs: Any
     ) -> "QueryEncoder":
-        """Query encoder over the components of a model folder (path or :class:`~separator.checkpoint.ModelFolder`).
+        """Query encoder over the components of a model (a :class:`~separator.checkpoint.ModelFolder`, or anything
+        :func:`qsep_core.hub.resolve_model` takes: a folder, a name from ``qsep models``, None for the shipped model).
 
         Components are found by kind: ``htsat`` (the query encoder; by name ``audio_encoder``, ``query_encoder``,
         ``detector`` first if there are several), ``text_projection``, ``label_bank``, ``query_unet`` (its
@@ -385,10 +386,11 @@ class QueryEncoder:
         trained with (a different encoder only makes sense if it gives the same embedding space).
         ``audio_kwargs`` go to :class:`AudioQueryEncoder` (``relative_db``, ``floor_dbfs``, ...).
         """
+        from qsep_core.hub import model_display_name, resolve_model
         from separator.checkpoint import ModelFolder
 
-        folder = model if isinstance(model, ModelFolder) else ModelFolder(model)
-        enc = cls(device=device, model_info={"path": str(folder.path), "name": folder.path.stem, "config_sha256": _config_sha256(folder)})
+        folder = model if isinstance(model, ModelFolder) else ModelFolder(resolve_model(model))
+        enc = cls(device=device, model_info={"path": str(folder.path), "name": model_display_name(folder.path), "config_sha256": _config_sha256(folder)})
         enc._folder = folder
         enc._audio_kwargs = dict(audio_kwargs)
         if isinstance(text_encoder, TextEncoder):
@@ -519,11 +521,21 @@ class QueryEncoder:
                 notes.append(f"label {item.value!r} cannot be looked up (no label bank in the model); using it as a text query")
             return PartResult(item, self._projection_vector(item.value), f"{what} -> projection", match=match)
         routing = self.route(item.value)
+        from .routing import english_only_warning
+
+        hint = ""
+        if match is not None:  # a label the bank lacks: most often a typo
+            sugg = bank.suggestions(item.value, n=3)
+            hint = f" (did you mean {', '.join(repr(x) for x in sugg)}? `qsep models --labels` lists them)" if sugg else ""
+        else:
+            language = english_only_warning(item.value)
+            if language is not None and not any(c.hops == 0 and c.score >= 1.0 for c in routing.classes):
+                notes.append(f"warning: {language}")
         if routing.matched:
             if match is not None:
-                notes.append(f"label {item.value!r} is not in the label bank; routed as text to {routing.summary()}")
+                notes.append(f"label {item.value!r} is not in the label bank{hint}; routed as text to {routing.summary()}")
             return PartResult(item, bank.mix(routing.weights), f"{what} -> classes", match=match, routing=routing)
-        head = f"{what} {item.value!r}" + (" is not in the label bank and" if match is not None else "")
+        head = f"{what} {item.value!r}" + (f" is not in the label bank{hint} and" if match is not None else "")
         if self.projection is None:
             sugg = bank.suggestions(item.value) or [n for n, _ in routing.closest]
             raise QueryError(

@@ -43,6 +43,7 @@ __all__ = [
     "builtin_synonyms",
     "build_label_bank",
     "build_label_bank_from_config",
+    "label_bank_table",
 ]
 
 
@@ -142,10 +143,33 @@ class NameMatcher:
         return LabelMatch(query, None, "unknown")
 
     def suggestions(self, query: str, n: int = 5) -> list[str]:
-        """Class names that share a word with ``query`` (for an 'unknown label' message)."""
-        words = set(normalise_label(query).split())
+        """Class names a mistyped or partial ``query`` may mean (for "did you mean" messages): close spellings
+        of a name, a name part or a synonym first (``"Dgo"`` -> ``Dog``), then names sharing a word with it."""
+        import difflib
+
+        key = normalise_label(query)
+        keys: dict[str, str] = {}
+        for _, table in self.tables:
+            for k, name in table.items():
+                keys.setdefault(k, name)
+        out: list[str] = []
+        for k in difflib.get_close_matches(key, list(keys), n=3 * n, cutoff=0.6):
+            if keys[k] not in out:
+                out.append(keys[k])
+        words = set(key.split())
         scored = [(len(words & set(normalise_label(c).replace(",", " ").split())), c) for c in self.names]
-        return [c for s, c in sorted(scored, key=lambda x: -x[0]) if s > 0][:n]
+        out += [c for s, c in sorted(scored, key=lambda x: -x[0]) if s > 0 and c not in out]
+        return out[:n]
+
+    def aliases(self) -> dict[str, list[str]]:
+        """Class name -> the synonyms that reach it (the bank's own, then the built-in ones present)."""
+        out: dict[str, list[str]] = {n: [] for n in self.names}
+        for how, table in self.tables:
+            if how in ("synonym", "builtin synonym"):
+                for alias, name in table.items():
+                    if alias != normalise_label(name) and alias not in out[name]:
+                        out[name].append(alias)
+        return out
 
 
 class LabelBank(nn.Module):
@@ -271,6 +295,28 @@ def build_label_bank(
         bank.centroids.copy_(torch.stack(rows))
         bank.global_mean.copy_(latents.float().mean(dim=0))
     return bank
+
+
+def label_bank_table(model: Any = None) -> list[dict[str, Any]]:
+    """The labels of a model: ``[{"label", "synonyms": [...], "count"}]`` in bank order (``count``: training
+    anchors averaged into the class centroid, None when unknown). ``model`` is resolved like every model
+    argument (:func:`qsep_core.hub.resolve_model`; None: the shipped model).
+
+    Raises:
+        qsep_core.checkpoint.CheckpointError: the model is not found, or has no label bank.
+    """
+    from qsep_core.checkpoint import CheckpointError, ModelFolder
+    from qsep_core.hub import resolve_model
+
+    folder = ModelFolder(resolve_model(model))
+    names = [n for n, spec in folder.components.items() if spec.get("kind") == "label_bank"]
+    if not names:
+        raise CheckpointError(f"{folder.path} has no label bank (components: {sorted(folder.components)}); "
+                              "label queries need one (`qsep train text-projection` adds it)")
+    cfg = from_dict(LabelBankConfig, folder.component_config(names[0]))
+    aliases = NameMatcher(cfg.names, cfg.synonyms, cfg.use_builtin_synonyms).aliases()
+    counts = list(cfg.counts) if cfg.counts else [None] * len(cfg.names)
+    return [{"label": n, "synonyms": aliases[n], "count": None if c is None else int(c)} for n, c in zip(cfg.names, counts)]
 
 
 def label_bank_config_dict(bank: LabelBank) -> dict[str, Any]:

@@ -49,6 +49,7 @@ import json
 import os
 import re
 from dataclasses import asdict, dataclass, field
+from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -68,6 +69,7 @@ __all__ = [
     "RoutedClass",
     "RoutingResult",
     "TextRouter",
+    "english_only_warning",
     "TextEmbeddingStore",
     "routing_texts",
     "query_keys",
@@ -275,6 +277,54 @@ def query_keys(query: str) -> list[str]:
         if changed and key not in keys:
             keys.append(key)
     return keys
+
+
+@lru_cache(maxsize=1)
+def _english_words() -> frozenset[str]:
+    """Words the English-only text encoder knows: MiniLM's whole-word vocabulary, plus every word of the
+    AudioSet ontology's names and descriptions and of the built-in synonyms (sound words like "didgeridoo")."""
+    from .text import minilm_model_dir
+
+    words: set[str] = set()
+    vocab = minilm_model_dir() / "vocab.txt"
+    if vocab.is_file():
+        words.update(w for w in vocab.read_text(encoding="utf-8").split() if w.isalpha())
+    texts = [t for c in default_ontology().classes for t in (c.name, c.description)] + list(builtin_synonyms())
+    for t in texts:
+        words.update(re.findall(r"[a-z]+", t.lower().replace("-", "")))
+        words.update(re.findall(r"[a-z]+", t.lower()))
+    return frozenset(words)
+
+
+def _known_word(word: str, known: frozenset[str]) -> bool:
+    if word in known:
+        return True
+    for suffix in ("s", "es", "ing", "ed", "er", "ers"):
+        stem = word[: -len(suffix)] if word.endswith(suffix) else ""
+        if len(stem) >= 3 and (stem in known or stem + "e" in known or (stem[-1:] == stem[-2:-1] and stem[:-1] in known)):
+            return True
+    return False
+
+
+def english_only_warning(text: str) -> str | None:
+    """A warning when ``text`` does not look like English (the text encoder and the ontology are English-only,
+    so other languages route to unrelated classes), else None.
+
+    Flags text written in a non-Latin script (``"人声"``), and text whose words of 3+ letters are mostly unknown
+    to both MiniLM's vocabulary and the AudioSet ontology (``"Gesang"``). Names of sounds in English pass
+    (``"didgeridoo"``, ``"hi-hat"``, ``"revving engine"``).
+    """
+    letters = [ch for ch in text if ch.isalpha()]
+    if not letters:
+        return None
+    non_latin = sum(1 for ch in letters if not ch.isascii() and not ("\u00c0" <= ch <= "\u024f"))
+    words = [w for w in re.findall(r"[^\W\d_]+", text.lower()) if len(w) >= 3]
+    unknown = [w for w in words if not w.isascii() or not _known_word(w, _english_words())]
+    if non_latin * 2 > len(letters) or (words and len(unknown) * 2 > len(words)):
+        return (f"{text!r} does not look like English: qsep's text encoder (all-MiniLM-L6-v2) and the AudioSet "
+                "ontology it routes through are English-only, so this query will likely pick unrelated classes; "
+                "write the sound in English (e.g. 'singing voice'), or use --label / --query-audio")
+    return None
 
 
 def _plural_variants(key: str) -> list[str]:
@@ -596,7 +646,7 @@ def _main(argv: Sequence[str] | None = None) -> None:
         print(f"wrote {write_shipped_embeddings()}")
     if a.query:
         from separator.checkpoint import ModelFolder
-        from separator.hub import resolve_model
+        from qsep_core.hub import resolve_model
 
         from .text import load_text_encoder
 

@@ -33,9 +33,34 @@ def test_cli_musdb_oracle_end_to_end(tiny_musdb, tmp_path):
     assert "NON-STANDARD" in res.output
     est, rate = sf.read(out / "oracle-irm" / "zsass" / "estimates" / "A Steady" / "vocals.wav")
     assert rate == 32000 and est.shape == (64000,)  # 3 s -> one whole 2-s segment at 32 kHz
-    # no model and no oracle: an actionable error
-    res = runner.invoke(app, ["evaluate", "musdb", str(root), "--out", str(out)])
-    assert res.exit_code == 1 and "--oracle" in res.output
+    # a later run with other settings in the same folder: its summary holds only its own results, and says so
+    res = runner.invoke(app, ["evaluate", "musdb", str(root), "--protocol", "zsass", "--oracle", "mixture",
+                              "--tracks", "1", "--duration", "2", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert [r["method"] for r in summary["rows"]] == ["oracle-mixture"]
+    assert summary["settings"]["duration"] == 2 and summary["run"]["oracles"] == ["mixture"]
+    assert "first 2 s of each track" in res.output
+
+
+@pytest.mark.slow
+def test_cli_musdb_hq_flac_layout_and_test_only_folder(tiny_musdb, tmp_path):
+    """MUSDB18-HQ stems as FLAC are read like wav; a folder without train/ suggests text queries."""
+    root, _ = tiny_musdb
+    flac = tmp_path / "hq_flac"
+    for wav in root.glob("test/*/*.wav"):
+        data, rate = sf.read(wav)
+        dest = flac / "test" / wav.parent.name / (wav.stem + ".flac")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        sf.write(dest, data, rate, subtype="PCM_16")
+    res = runner.invoke(app, ["evaluate", "musdb", str(flac), "--oracle", "irm", "--protocol", "zsass", "--tracks", "1",
+                              "--duration", "2", "--out", str(tmp_path / "out")])
+    assert res.exit_code == 0, res.output
+    row = json.loads((tmp_path / "out" / "summary.json").read_text())["rows"][0]
+    assert row["method"] == "oracle-irm" and all(v > 10 for v in row["sdr"].values())
+    # audio queries need the train subset: the error says what to do instead
+    res = runner.invoke(app, ["evaluate", "musdb", str(flac), "--tracks", "1", "--out", str(tmp_path / "o2")])
+    assert res.exit_code == 1 and "--text-queries" in res.output
 
 
 def test_cli_musdb_missing_ffmpeg(tiny_musdb, tmp_path, monkeypatch):
@@ -138,11 +163,22 @@ def test_cli_mixtures_oracle(tmp_path):
             "--per-class", "2", "--out", str(out)]
     res = runner.invoke(app, args)
     assert res.exit_code == 0, res.output
-    results = json.loads((out / "results_oracle-irm_text.json").read_text())
+    results = json.loads((out / "results_oracle-irm.json").read_text())
     assert set(results["per_class"]) == {"low", "high"} and results["per_class"]["high"]["held_out"] is True
+    assert results["settings"]["held_out"] == ["high"] and results["settings"]["mixtures_per_class"] == 2
     assert (out / "mixture_set.json").is_file()
-    res = runner.invoke(app, ["evaluate", "mixtures", str(corpus), "--held-out", "high", "--out", str(out)])
-    assert res.exit_code == 1 and "--oracle" in res.output
+    # a typo in --held-out would score the class as seen: it is an error with a suggestion
+    res = runner.invoke(app, args[:6] + ["Hihg"] + args[7:])
+    assert res.exit_code == 1 and "did you mean ['high']" in res.output
+    # the folder's mixture set is another one than asked for: refused, naming the difference
+    res = runner.invoke(app, args[:-3] + ["3", "--out", str(out)])
+    assert res.exit_code == 1 and "different mixture set" in res.output and "mixtures_per_class" in res.output
+    # --held-out is optional (a corpus may have no held-out class): every class is then "seen"
+    res = runner.invoke(app, ["evaluate", "mixtures", str(corpus), "--oracle", "mixture", "--classes", "low,high",
+                              "--per-class", "2", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    results = json.loads((out / "results_oracle-mixture.json").read_text())
+    assert not any(c["held_out"] for c in results["per_class"].values())
 
 
 def _fake_model(monkeypatch, calls):
@@ -160,7 +196,9 @@ def _fake_model(monkeypatch, calls):
         calls.setdefault("condition", []).append(condition)
         return 0.5 * wav
 
-    monkeypatch.setattr(run, "load_model", lambda model: (calls.setdefault("model", str(model)), (encode, separate))[1])
+    monkeypatch.setattr(run, "load_model",
+                        lambda model, device="auto": (calls.setdefault("model", str(model)), (encode, separate))[1])
+    monkeypatch.setattr(run, "_model_facts", lambda model: (Path(model), "model"))
 
 
 @pytest.mark.slow
@@ -184,8 +222,19 @@ def test_cli_musdb_model_glue(tiny_musdb, tmp_path, monkeypatch):
     from separator.eval.queries import DEFAULT_STEM_TEXTS
 
     assert calls["text"] == list(DEFAULT_STEM_TEXTS.values())
-    rows = json.loads((tmp_path / "out_text" / "summary.json").read_text())["rows"]
-    assert [r["method"] for r in rows] == ["model-text"]
+    summary = json.loads((tmp_path / "out_text" / "summary.json").read_text())
+    assert [r["method"] for r in summary["rows"]] == ["model-text"]
+    assert summary["run"]["stem_queries"] == DEFAULT_STEM_TEXTS  # the texts are recorded
+    assert summary["settings"]["duration"] == 2 and summary["tracks"] == [summary["tracks"][0]]
+    # the texts can be set; the summary says which were used
+    calls.clear()
+    res = runner.invoke(app, base + ["--text-queries", "--stem-text", "vocals=female singer", "--out", str(tmp_path / "o2")])
+    assert res.exit_code == 0, res.output
+    assert calls["text"][0] == "female singer"
+    summary = json.loads((tmp_path / "o2" / "summary.json").read_text())
+    assert summary["run"]["stem_queries"]["vocals"] == "female singer"
+    res = runner.invoke(app, base + ["--text-queries", "--stem-text", "voice=x"])
+    assert res.exit_code == 1 and "unknown stem" in res.output
 
 
 def test_cli_mixtures_model_glue(tmp_path, monkeypatch):
@@ -259,7 +308,7 @@ def test_cli_musdb_with_a_real_tiny_model(tiny_musdb, tmp_path):
                               "--tracks", "1", "--duration", "2", "--out", str(out)])
     assert res.exit_code == 0, res.output
     row = json.loads((out / "summary.json").read_text())["rows"][0]
-    assert row["method"] == "model" and row["tracks"] == 1
+    assert row["method"] == "m" and row["tracks"] == 1  # named after the model folder
     assert all(np.isfinite(v) for v in row["sdr"].values())
     assert np.load(out / "queries" / "drums.npy").shape == (hc.latent_dim,)
 

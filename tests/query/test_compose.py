@@ -1,6 +1,8 @@
 """Query composition: weights, label fallback, negatives, model folders, and `qsep embed`."""
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -186,11 +188,15 @@ def test_cli_embed_round_trip(tmp_path, monkeypatch):
     audio_io.save(tmp_path / "silent.wav", torch.zeros(1, TOY_RATE), TOY_RATE)
     r = runner.invoke(app, ["embed", "--model", str(folder), "--audio", str(tmp_path / "silent.wav"), "--out", str(tmp_path / "s.safetensors")])
     assert r.exit_code == 1 and "silent.wav" in _out(r) and "no usable audio" in _out(r)
-    # combining saved conditions needs no model; text needs one
+    # combining saved conditions loads no model; text with no --model uses the shipped default, as every command
     r = runner.invoke(app, ["embed", "--embedding", str(out), "--embedding", str(out), "--out", str(tmp_path / "c.safetensors")])
     assert r.exit_code == 0, r.output
     r = runner.invoke(app, ["embed", "--text", "dog", "--out", str(tmp_path / "t.safetensors")])
-    assert r.exit_code == 1 and "--model" in _out(r)
+    assert r.exit_code == 0, r.output
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "t.safetensors"), "pt") as f:
+        assert "qsep-starter" in json.dumps(f.metadata())
 
 
 def test_condition_dimension_is_checked_against_the_models_separator(tmp_path):

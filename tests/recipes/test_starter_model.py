@@ -16,7 +16,7 @@ from qsep_core import audio
 from qsep_core.metrics import improvement, si_sdr
 from separator.api import Separator
 from separator.checkpoint import ModelFolder
-from separator.hub import DEFAULT_MODEL, PRETRAINED_DIR, resolve_model
+from qsep_core.hub import DEFAULT_MODEL, PRETRAINED_DIR, resolve_model
 
 EXCERPT = Path(__file__).resolve().parents[1] / "data" / "starter_excerpt"
 #: two EVAL-split event recordings of the starter corpus (never in a training step): see its README

@@ -63,9 +63,10 @@ def test_cli_detect_prints_events(tiny_folder, tmp_path):
     res = runner.invoke(app, ["detect", str(short), "--model", str(tiny_folder), "--threshold", "0.01"])
     assert res.exit_code == 0, res.output
     lines = res.output.splitlines()
-    assert lines[0].startswith(str(short)) and "3.00 s" in lines[0]
+    assert lines[0].startswith(str(short)) and "3.00 s" in lines[0] and "frame threshold 0.01" in lines[0]
+    assert lines[1].split() == ["label", "start", "s", "end", "s", "conf."]  # a header names the columns
     # every class is above a 1 % threshold somewhere: one line per event, named by the folder's class names
-    labels = {ln.split()[0] for ln in lines[1:]}
+    labels = {ln.split()[0] for ln in lines[2:]}
     assert labels == set(NAMES)
     res = runner.invoke(app, ["detect", str(short), "--model", str(tiny_folder), "--threshold", "0.01",
                               "--top-k", "1", "--json"])

@@ -160,7 +160,7 @@ def test_missing_relative_model_folder_that_looks_like_a_hub_id_is_named(tmp_pat
     monkeypatch.setattr(c, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(c, "HF_HUB_CACHE", str(tmp_path / "hub"))
     from qsep_core.checkpoint import CheckpointError
-    from separator.hub import resolve_model
+    from qsep_core.hub import resolve_model
 
     with pytest.raises(CheckpointError, match=r"no model folder .*models/zsass exists"):
         resolve_model("models/zsass")
