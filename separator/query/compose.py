@@ -462,7 +462,7 @@ class QueryEncoder:
         where = f"the model {self._folder.path}" if self._folder is not None else "this query encoder"
         return (
             f"{where} has no label bank and no text projection, so text queries cannot be used; train a projection "
-            "with `qsep train text-projection --config ... --model DIR`, or query with --audio / --label / --embedding"
+            "with `qsep train text-projection --config ... --model DIR`, or query with --query-audio / --label / --embedding"
         )
 
     @property
