@@ -411,6 +411,41 @@ def _devices(text: Optional[str]):
     return [int(x) for x in d.split(",") if x] if "," in d else d
 
 
+def _training_output() -> None:
+    """Show the training runner's banner, progress lines and warnings on stderr (plain lines, log-file friendly)."""
+    import logging
+
+    for name in ("qsep_core", "sed", "separator"):
+        lg = logging.getLogger(name)
+        if not any(getattr(h, "_qsep", False) for h in lg.handlers):
+            h = logging.StreamHandler(sys.stderr)
+            h.setFormatter(logging.Formatter("%(message)s"))
+            h._qsep = True  # type: ignore[attr-defined]
+            lg.addHandler(h)
+            lg.setLevel(logging.INFO)
+            lg.propagate = False
+
+
+def _run_training(fn, *args):
+    """Call a training function; a stop signal, another run in the folder or bad clips become a message and an exit code."""
+    from qsep_core.training import BadClipError, RunMismatch, TrainingInterrupted
+
+    _training_output()
+    try:
+        return fn(*args)
+    except TrainingInterrupted as exc:
+        console.print(str(exc), highlight=False, soft_wrap=True)
+        raise typer.Exit(exc.exit_code)
+    except (RunMismatch, BadClipError) as exc:
+        fail(str(exc))
+
+
+def _resume_value(resume: Optional[bool], resume_anyway: bool):
+    if resume_anyway and resume is False:
+        fail("--resume-anyway and --no-resume contradict each other")
+    return "anyway" if resume_anyway else resume
+
+
 def _parse_overrides(items: list[str]) -> dict:
     """``["data.batch_size=8", "lr=3e-4"]`` -> ``{"data": {"batch_size": 8}, "lr": 0.0003}`` (values parsed as YAML)."""
     from qsep_core.config import ConfigError, nested_overrides
@@ -435,7 +470,9 @@ def train_sed(
     max_steps: int = typer.Option(None, "--max-steps", help="Stop after this many optimiser steps."),
     precision: str = typer.Option(None, "--precision", help="32-true, bf16-mixed (GPU), 16-mixed ..."),
     num_nodes: int = typer.Option(None, "--num-nodes", help="Nodes for multi-node DDP."),
-    resume: bool = typer.Option(None, "--resume/--no-resume", help="Continue from <out>/checkpoints/last.ckpt if it exists (default: yes)."),
+    resume: bool = typer.Option(None, "--resume/--no-resume", help="Continue the run in <out> if it is the same run (default: yes); --no-resume starts fresh (the old run is moved to <out>/previous-N)."),
+    resume_anyway: bool = typer.Option(False, "--resume-anyway", help="Continue the run in <out> even though its config or data differ."),
+    max_bad_clips: int = typer.Option(None, "--max-bad-clips", min=0, help="Skip and report up to N unreadable / NaN clips (default 0: the first one stops the run)."),
 ) -> None:
     """Train an HTS-AT sound event detector on weakly labeled clips.
 
@@ -445,7 +482,8 @@ def train_sed(
 
     overrides = _parse_overrides(list(ctx.args))
     overrides.update(_given(out_dir=out, accelerator=accelerator, max_steps=max_steps, precision=precision,
-                            num_nodes=num_nodes, resume=resume, devices=_devices(devices)))
+                            num_nodes=num_nodes, resume=_resume_value(resume, resume_anyway), devices=_devices(devices),
+                            max_bad_clips=max_bad_clips))
     try:
         from qsep_core.audio import AudioError
         from qsep_core.extras import MissingExtraError
@@ -453,7 +491,7 @@ def train_sed(
         from sed.train import load_sed_config, train_sed as run
 
         cfg = load_sed_config(config, overrides)
-        model_dir = run(cfg)
+        model_dir = _run_training(run, cfg)
     except (ConfigError, DatasetError, AudioError, MissingExtraError, FileNotFoundError) as exc:
         fail(str(exc))
     console.print(f"exported the detector to {model_dir}", highlight=False)
@@ -471,7 +509,9 @@ def train_separator(
     num_nodes: int = typer.Option(None, "--num-nodes", help="Nodes for multi-node DDP."),
     max_steps: int = typer.Option(None, "--max-steps", help="Stop after this many optimiser steps."),
     precision: str = typer.Option(None, "--precision", help="auto (bf16-mixed on GPU), 32-true, ..."),
-    resume: bool = typer.Option(None, "--resume/--no-resume", help="Continue from <out>/checkpoints/last.ckpt if it exists (default: yes)."),
+    resume: bool = typer.Option(None, "--resume/--no-resume", help="Continue the run in <out> if it is the same run (default: yes); --no-resume starts fresh (the old run is moved to <out>/previous-N)."),
+    resume_anyway: bool = typer.Option(False, "--resume-anyway", help="Continue the run in <out> even though its config or data differ."),
+    max_bad_clips: int = typer.Option(None, "--max-bad-clips", min=0, help="Skip and report up to N unreadable segments (default 0: the first one stops the run)."),
     set_: list[str] = typer.Option(None, "--set", help="KEY=VALUE override of a config field (repeatable), e.g. --set mixing.random_gain_db=3."),
 ) -> None:
     """Train a query-conditioned separator on mined segments.
@@ -485,13 +525,14 @@ def train_separator(
 
     overrides = _parse_overrides(list(ctx.args) + list(set_ or []))
     overrides.update(_given(manifest=manifest, out_dir=out, detector=detector, accelerator=accelerator,
-                            num_nodes=num_nodes, max_steps=max_steps, precision=precision, resume=resume,
-                            devices=_devices(devices)))
+                            num_nodes=num_nodes, max_steps=max_steps, precision=precision,
+                            resume=_resume_value(resume, resume_anyway), devices=_devices(devices),
+                            max_bad_clips=max_bad_clips))
     try:
         from separator.train import load_training_config, train_separator as run
 
         cfg = load_training_config(config, overrides)
-        folder = run(cfg)
+        folder = _run_training(run, cfg)
     except (ConfigError, CheckpointError, ManifestError, AudioError, FileNotFoundError) as exc:
         fail(str(exc))
     console.print(f"exported the separator to {folder}", highlight=False)

@@ -256,3 +256,33 @@ def test_bad_clip_guard_skips_up_to_the_limit_and_names_them():
     assert lenient.read("ok.wav", lambda: torch.zeros(2)).shape == (2,)
     with pytest.raises(BadClipError, match=r"2 bad clip\(s\): b.wav .*NaN.*c.wav"):
         lenient.read("c.wav", lambda: (_ for _ in ()).throw(ValueError("bad header")))
+
+
+def test_manifest_audio_paths_resolve_from_any_folder(tmp_path, monkeypatch):
+    from qsep_core.manifest import load_manifest, write_manifest
+
+    (tmp_path / "corpus").mkdir()
+    (tmp_path / "corpus" / "a.wav").write_bytes(b"")
+    monkeypatch.chdir(tmp_path)  # mined from here, with a path relative to this folder
+    seg = {"clip_id": "a", "clip_index": 0, "audio_path": "corpus/a.wav", "label": 0, "label_name": "x",
+           "clip_labels": [0], "start": 0.0, "end": 1.0, "confidence": 1.0}
+    write_manifest(tmp_path / "mined", [seg], torch.zeros(1, 2), 8000)
+    stored = (tmp_path / "mined" / "shards" / "shard-00000.csv").read_text()
+    assert "../corpus/a.wav" in stored  # relative to the manifest folder, as the schema says
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    path = load_manifest(tmp_path / "mined").segments.audio_path[0]
+    assert os.path.isabs(path) and Path(path) == tmp_path / "corpus" / "a.wav"
+
+
+def test_config_presets_resolve_from_any_folder(tmp_path, monkeypatch):
+    from qsep_core.config import load_yaml, resolve_config
+    from sed.train import load_sed_config
+
+    monkeypatch.chdir(tmp_path)
+    for name in ("sed_tiny", "sed_tiny.yaml", "configs/sed_tiny.yaml"):
+        assert resolve_config(name).name == "sed_tiny.yaml" and load_yaml(name)
+    assert load_sed_config("sed_tiny").model == load_sed_config(resolve_config("sed_tiny")).model
+    with pytest.raises(ConfigError, match="not one of the shipped presets .*sed_tiny"):
+        resolve_config("sed_tinyy")
