@@ -1,5 +1,9 @@
 """Configs are dataclasses; JSON model files and YAML files in ``configs/`` only override their fields.
 
+The YAML presets ship with the package (``qsep_core/configs/``; ``configs/`` in the checkout points there):
+:func:`resolve_config` turns a preset name (``sed_tiny``), a preset file name (``sed_tiny.yaml``,
+``configs/sed_tiny.yaml``) or a path into the file to read, from any working directory.
+
 One source of truth per fact: a preset is a dict of field values (data, not
 code), a YAML file overlays some fields, and unknown fields are an error that
 names them. A dataclass that renamed a field lists ``{old: new}`` in a class attribute
@@ -17,8 +21,11 @@ import yaml
 
 __all__ = [
     "ConfigError", "to_dict", "from_dict", "override", "load_yaml", "from_yaml", "nested_overrides", "load_config",
-    "upgrade_fields",
+    "upgrade_fields", "PRESET_DIR", "preset_names", "resolve_config",
 ]
+
+#: the YAML presets shipped with the package
+PRESET_DIR = Path(__file__).resolve().parent / "configs"
 
 C = TypeVar("C")
 
@@ -141,15 +148,38 @@ def override(cfg: C, changes: Mapping[str, Any]) -> C:
     return from_dict(type(cfg), base)
 
 
+def preset_names() -> list[str]:
+    """Names of the shipped YAML presets (``sed_tiny``, ``separator_audioset``, ...), sorted."""
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def resolve_config(name: str | Path) -> Path:
+    """The YAML file meant by ``name``: an existing file, else a shipped preset.
+
+    A preset is found by its name (``sed_tiny``), its file name (``sed_tiny.yaml``) or its path in the
+    checkout (``configs/sed_tiny.yaml``), whatever the working directory.
+
+    Raises:
+        ConfigError: neither a file nor a preset (the message lists the presets).
+    """
+    path = Path(name)
+    if path.is_file():
+        return path
+    stem = path.name[: -len(path.suffix)] if path.suffix in (".yaml", ".yml") else path.name
+    looks_like_preset = len(path.parts) == 1 or (len(path.parts) == 2 and path.parts[0] == "configs")
+    if looks_like_preset and (PRESET_DIR / f"{stem}.yaml").is_file():
+        return PRESET_DIR / f"{stem}.yaml"
+    raise ConfigError(f"config file not found: {name} (not a file, and not one of the shipped presets "
+                      f"{', '.join(preset_names())})")
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML mapping (empty file: empty dict).
+    """Read a YAML mapping (empty file: empty dict); ``path`` may name a shipped preset (:func:`resolve_config`).
 
     Raises:
         ConfigError: the file is missing or its top level is not a mapping.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
+    path = resolve_config(path)
     with path.open() as f:
         data = yaml.safe_load(f) or {}
     if not isinstance(data, dict):

@@ -6,13 +6,21 @@ Layout::
       mining.json                 format, content settings, class names, sample rate, shard count
       shards/shard-00000.safetensors   "latent" (N, D) float32 [+ "audio" (N, S), "audio_length" (N,)]
       shards/shard-00000.csv      one row per segment, columns :data:`MANIFEST_COLUMNS`:
-                                  clip_id, clip_index, audio_path, label, label_name,
+                                  clip_id, clip_index, audio_path (relative to the manifest
+                                  folder ``out/``, or absolute), label, label_name,
                                   clip_labels (';'-joined class indices), start, end, confidence,
                                   row (row in the shard's tensors)
 
 Each shard is written atomically, tensors first and the CSV last, so a CSV marks a finished
 shard (:func:`write_shard`). :func:`load_manifest` reads a finished folder; :func:`write_manifest`
 writes segments found some other way (strong labels, hand-made lists) as a one-shard manifest.
+
+Audio paths (format version 2): :func:`write_shard` stores each ``audio_path`` relative to the manifest
+folder (absolute when no relative path exists, e.g. another Windows drive) and :func:`load_manifest`
+returns absolute paths, so a manifest reads the same from any working directory and keeps working when
+the manifest folder and the audio move together. Version 1 folders stored paths as given (relative to
+the folder ``qsep mine`` ran in); they are resolved against the manifest folder's parent folders first,
+then the working directory.
 """
 from __future__ import annotations
 
@@ -47,7 +55,7 @@ __all__ = [
 ]
 
 MANIFEST_FORMAT = "qsep-mined-segments"
-MANIFEST_FORMAT_VERSION = 1
+MANIFEST_FORMAT_VERSION = 2
 MINING_JSON = "mining.json"
 SHARD_DIR = "shards"
 #: Columns of every shard CSV, in order.
@@ -119,10 +127,37 @@ def write_shard(out_dir: str | os.PathLike, index: int, rows: Sequence[Mapping[s
         FileNotFoundError: ``out_dir/shards`` does not exist.
     """
     csv_path, st_path = shard_paths(out_dir, index)
+    rows = [{**r, "audio_path": _relative_audio_path(r.get("audio_path"), out_dir)} for r in rows]
     with AtomicPath(st_path) as tmp:
         save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
     frame = pd.DataFrame(list(rows), columns=list(MANIFEST_COLUMNS))
     atomic_write_text(csv_path, frame.to_csv(index=False, float_format="%.6f"))
+
+
+def _relative_audio_path(path: Any, out_dir: str | os.PathLike) -> str:
+    """``path`` (absolute, or relative to the working directory) as stored: relative to ``out_dir`` when possible."""
+    if path is None or str(path) == "":
+        return ""
+    absolute = os.path.abspath(os.fspath(path))
+    try:
+        return Path(os.path.relpath(absolute, os.path.abspath(os.fspath(out_dir)))).as_posix()
+    except ValueError:  # no relative path between them (another drive)
+        return absolute
+
+
+def _resolve_audio_path(stored: str, out_dir: Path, version: int) -> str:
+    """An absolute audio path from a stored one (see the module docstring)."""
+    if not stored or os.path.isabs(stored):
+        return stored
+    here = os.path.abspath(os.fspath(out_dir))
+    if version >= 2:
+        return os.path.normpath(os.path.join(here, stored))
+    # version 1: relative to wherever `qsep mine` ran; the manifest usually sits below that folder
+    for base in [here, *map(str, Path(here).parents)]:
+        candidate = os.path.join(base, stored)
+        if os.path.exists(candidate):
+            return os.path.normpath(candidate)
+    return os.path.abspath(stored)
 
 
 def write_meta(out_dir: str | os.PathLike, content: ManifestContent, *, sample_rate: int, num_clips: int,
@@ -256,6 +291,8 @@ def load_manifest(out_dir: str | os.PathLike) -> Manifest:
     if not frames:
         raise ManifestError(f"{out}: no segments were mined (no positive labels, or min_prob too high)")
     seg = pd.concat(frames, ignore_index=True).drop(columns=["row"])
+    version = int(meta.get("format_version", 1))
+    seg["audio_path"] = [_resolve_audio_path(str(p), out, version) for p in seg["audio_path"]]
     seg["clip_labels"] = [tuple(int(x) for x in str(v).split(";") if x != "") for v in seg["clip_labels"]]
     return Manifest(
         segments=seg,

@@ -257,6 +257,19 @@ class WeakLabelDataset(Dataset):
         self.crop: CropMode = crop
         self.seed = int(seed)
         self.epoch = 0
+        #: skip-and-report of unreadable clips (set by training: ``BadClipGuard(max_bad_clips)``); None: strict
+        self.bad_clips = None
+
+    def _split_key(self, key: int) -> tuple[int, int]:
+        """``(index, epoch)`` of an item key: ``key < N`` is an index (epoch :meth:`set_epoch`), larger keys are
+        ``epoch * N + index`` (what a :class:`qsep_core.training.ResumableSampler` with ``epoch_keys`` yields)."""
+        key, n = int(key), len(self)
+        return (key, self.epoch) if key < n else (key % n, key // n)
+
+    def _guarded(self, index: int, fn) -> "WeakItem | None":
+        if self.bad_clips is None:
+            return fn()
+        return self.bad_clips.read(self.clip_ids[index], fn)
 
     def set_epoch(self, epoch: int) -> None:
         """Change the random crops (``crop='random'``) from one epoch to the next."""
@@ -269,13 +282,14 @@ class WeakLabelDataset(Dataset):
     def missing(self) -> list[str]:
         return self.report.missing
 
-    def _generator(self, index: int) -> torch.Generator:
+    def _generator(self, index: int, epoch: int | None = None) -> torch.Generator:
         # one seeded generator per (seed, epoch, item): the crop of an item does not depend on
         # which worker loads it or on the order of loading.
-        return torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch) * 10_000_019 + index)
+        epoch = self.epoch if epoch is None else epoch
+        return torch.Generator().manual_seed((self.seed * 1_000_003 + epoch) * 10_000_019 + index)
 
-    def _finish(self, wave: torch.Tensor, index: int) -> torch.Tensor:
-        gen = self._generator(index) if self.crop == "random" else None
+    def _finish(self, wave: torch.Tensor, index: int, epoch: int | None = None) -> torch.Tensor:
+        gen = self._generator(index, epoch) if self.crop == "random" else None
         return fit_length(wave, self.clip_samples, self.crop, gen).contiguous()
 
     def class_counts(self) -> torch.Tensor:
@@ -288,12 +302,16 @@ class _FileListDataset(WeakLabelDataset):
 
     paths: list[Path]
 
-    def __getitem__(self, index: int) -> WeakItem:
-        path = self.paths[index]
-        wave = self._read(path, index)
-        return WeakItem(self._finish(wave, index), self.targets[index].clone(), self.clip_ids[index])
+    def __getitem__(self, key: int) -> WeakItem:
+        index, epoch = self._split_key(key)
 
-    def _read(self, path: Path, index: int) -> torch.Tensor:
+        def read() -> WeakItem:
+            wave = self._read(self.paths[index], index, epoch)
+            return WeakItem(self._finish(wave, index, epoch), self.targets[index].clone(), self.clip_ids[index])
+
+        return self._guarded(index, read)
+
+    def _read(self, path: Path, index: int, epoch: int | None = None) -> torch.Tensor:
         """Mono ``(samples,)`` at the model rate; long files are only read over the needed span."""
         inf = audio.info(path)
         need_s = self.clip_samples / self.sample_rate
@@ -305,13 +323,13 @@ class _FileListDataset(WeakLabelDataset):
             if self.crop == "center":
                 first = (n_file - n_need) // 2
             else:
-                first = int(torch.randint(0, n_file - n_need + 1, (1,), generator=self._generator(index)))
+                first = int(torch.randint(0, n_file - n_need + 1, (1,), generator=self._generator(index, epoch)))
             start_s = first / inf.sample_rate
         duration = min(inf.duration - start_s, need_s)
         wav, _ = audio.load(path, sample_rate=self.sample_rate, channels=1, start=start_s, duration=duration)
         return wav[0]  # (samples,)
 
-    def _finish(self, wave: torch.Tensor, index: int) -> torch.Tensor:
+    def _finish(self, wave: torch.Tensor, index: int, epoch: int | None = None) -> torch.Tensor:
         # the crop was already chosen while reading; only pad / trim resampling rounding here
         return fit_length(wave, self.clip_samples, "start").contiguous()
 
@@ -595,15 +613,20 @@ class HDF5PackDataset(WeakLabelDataset):
             f = self._files[pi] = h5py.File(self.packs[pi], "r")
         return f
 
-    def __getitem__(self, index: int) -> WeakItem:
-        pi, row = self._where[index]
-        data = self._file(pi)["waveform"][row]
-        wave = torch.from_numpy(data.astype("float32"))
-        if data.dtype.kind == "i":
-            wave = wave / INT16_SCALE
-        if self.pack_sample_rate != self.sample_rate:
-            wave = audio.resample(wave, self.pack_sample_rate, self.sample_rate)
-        return WeakItem(self._finish(wave, index), self.targets[index].clone(), self.clip_ids[index])
+    def __getitem__(self, key: int) -> WeakItem:
+        index, epoch = self._split_key(key)
+
+        def read() -> WeakItem:
+            pi, row = self._where[index]
+            data = self._file(pi)["waveform"][row]
+            wave = torch.from_numpy(data.astype("float32"))
+            if data.dtype.kind == "i":
+                wave = wave / INT16_SCALE
+            if self.pack_sample_rate != self.sample_rate:
+                wave = audio.resample(wave, self.pack_sample_rate, self.sample_rate)
+            return WeakItem(self._finish(wave, index, epoch), self.targets[index].clone(), self.clip_ids[index])
+
+        return self._guarded(index, read)
 
 
 # --------------------------------------------------------------------------------------------

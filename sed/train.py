@@ -20,10 +20,15 @@ takes every ``world_size``-th item; validation clips are split without padding a
 scores gathered, so the mAP is the same as on one device. ``batch_size`` is per device.
 
 Resuming: a run started again with the same ``out_dir`` continues from
-``checkpoints/last.ckpt`` (weights, optimiser, schedule, step, epoch). Mid-epoch, the batches
-already trained on in that epoch are skipped, so the data order equals an uninterrupted
-run's (Lightning still warns that the loader is "not resumable"; the skip is done by
-:class:`SEDDataModule`). The random state of mixup / SpecAugment is not restored.
+``checkpoints/last.ckpt`` (weights, optimiser, schedule, step, epoch) and reaches the weights and
+metrics of an uninterrupted run exactly (see :mod:`qsep_core.training`): the batches already trained
+in the current epoch are skipped (:class:`qsep_core.training.ResumableSampler`), random crops are a
+function of ``(seed, epoch, clip)`` carried by the sampler's keys (the same in every DataLoader
+worker), and mixup / SpecAugment draw from the per-step seed of :class:`qsep_core.training.StepSeed`.
+
+Bad clips: a clip that cannot be read or holds NaN/inf is skipped and reported up to ``max_bad_clips``
+(default 0: the first one stops the run, named); a class whose every training clip is missing or bad
+is warned about by name.
 
 What the network must provide (``sed.htsat.HTSAT`` does; a test fake can too)::
 
@@ -63,7 +68,17 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from qsep_core.config import ConfigError, load_config, to_dict, upgrade_fields
 from qsep_core.extras import require
-from qsep_core.training import BestCheckpoint, RunConfig, RunResult, begin_run, run_training, warmup_scheduler
+from qsep_core.training import (
+    BadClipGuard,
+    fingerprint_of,
+    BestCheckpoint,
+    ResumableSampler,
+    RunConfig,
+    RunResult,
+    begin_run,
+    run_training,
+    warmup_scheduler,
+)
 from sed.data import (
     DATA_FORMATS,
     ClassList,
@@ -181,6 +196,7 @@ class SEDTrainingConfig(RunConfig):
     out_dir: str = "runs/sed"
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.lr_schedule not in ("official", "warmup_cosine", "warmup_constant"):
             raise ConfigError(f"lr_schedule must be official, warmup_cosine or warmup_constant, got {self.lr_schedule!r}")
         if self.mixup_alpha < 0:
@@ -398,7 +414,9 @@ class SEDModule(L.LightningModule):
         lam = lam.to(x.dtype).reshape(-1, *([1] * (x.dim() - 1)))  # (batch, 1, ...)
         return x * lam + x.flip(0) * (1 - lam)
 
-    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor | None:
+        if batch is None:  # every clip of the batch was bad and skipped (max_bad_clips)
+            return None
         wave, target = batch[0], batch[1]  # (B, samples), (B, K)
         if self._mixup or self._specaug:
             x = self.net.features(wave)  # (B, 1, frames, mel)
@@ -422,6 +440,8 @@ class SEDModule(L.LightningModule):
         self._val_scores, self._val_targets = [], []
 
     def validation_step(self, batch, batch_idx: int) -> None:
+        if batch is None:  # every clip of the batch was bad and skipped (max_bad_clips)
+            return
         wave, target = batch[0], batch[1]
         out = self.net(wave)
         clipwise = out["clipwise"].float()
@@ -534,33 +554,6 @@ class _ShardSampler(torch.utils.data.Sampler[int]):
         return iter(self.indices)
 
 
-class _ResumableSampler(torch.utils.data.Sampler[int]):
-    """Wraps a sampler; its next iteration skips the first ``skip_next`` indices (once).
-
-    Used to resume a run that was killed mid-epoch at the exact batch: the wrapped samplers
-    give the same order for the same epoch, and the batches already trained on are skipped.
-    ``len`` stays the full epoch so Lightning counts batches as in an uninterrupted run.
-    """
-
-    def __init__(self, inner: torch.utils.data.Sampler[int]):
-        self.inner = inner
-        self.skip_next = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        if hasattr(self.inner, "set_epoch"):
-            self.inner.set_epoch(epoch)
-
-    def __len__(self) -> int:
-        return len(self.inner)  # type: ignore[arg-type]
-
-    def __iter__(self):
-        skip, self.skip_next = self.skip_next, 0
-        it = iter(self.inner)
-        for _ in range(skip):
-            next(it, None)
-        return it
-
-
 class SEDDataModule(L.LightningDataModule):
     """Loaders for SED training.
 
@@ -591,21 +584,12 @@ class SEDDataModule(L.LightningDataModule):
                 log.warning("%d class(es) have no training clip and are never sampled", len(sampler.empty_classes))
         else:
             sampler = DistributedSampler(self.train_set, num_replicas=world, rank=rank, shuffle=True, seed=self.cfg.seed, drop_last=False)
-        resumable = _ResumableSampler(sampler)
-        resumable.skip_next = self._batches_done_in_epoch(math.ceil(len(sampler) / d.batch_size)) * d.batch_size
-        return DataLoader(self.train_set, batch_size=d.batch_size, sampler=resumable, drop_last=False, **self._loader_kwargs())
-
-    def _batches_done_in_epoch(self, batches_per_epoch: int) -> int:
-        """Batches of the current epoch already trained on (> 0 only when resuming mid-epoch).
-
-        Lightning restores its loop progress from the checkpoint before it asks for the loader.
-        """
-        t = getattr(self, "trainer", None)
-        try:
-            done = int(t.fit_loop.epoch_loop.batch_progress.current.processed) if t is not None else 0
-        except AttributeError:
-            return 0
-        return done if 0 < done < batches_per_epoch else 0
+        # keys epoch * N + index: the item's random crop follows the key, the same in every worker;
+        # a mid-epoch resume skips the batches already trained
+        resumable = ResumableSampler(sampler, d.batch_size, lambda: getattr(self, "trainer", None), epoch_keys=True,
+                                     dataset_size=len(self.train_set))
+        return DataLoader(self.train_set, batch_size=d.batch_size, sampler=resumable, drop_last=False,
+                          collate_fn=_collate_good, **self._loader_kwargs())
 
     def val_dataloader(self) -> DataLoader | list:
         if self.val_set is None:
@@ -614,11 +598,20 @@ class SEDDataModule(L.LightningDataModule):
         # every validation clip exactly once over all ranks (no padding duplicates: they would bias the mAP)
         sampler = _ShardSampler(len(self.val_set), rank, world) if world > 1 else None
         bs = self.cfg.data.val_batch_size or self.cfg.data.batch_size
-        return DataLoader(self.val_set, batch_size=bs, sampler=sampler, shuffle=False, **self._loader_kwargs())
+        return DataLoader(self.val_set, batch_size=bs, sampler=sampler, shuffle=False, collate_fn=_collate_good,
+                          **self._loader_kwargs())
 
 
 # --------------------------------------------------------------------------------------------
 # the run
+
+
+def _collate_good(items: list) -> Any:
+    """Default collation of the items that were read (a bad clip skipped by ``max_bad_clips`` is None)."""
+    good = [it for it in items if it is not None]
+    if not good:
+        return None  # a whole batch of bad clips: Lightning skips the step
+    return torch.utils.data.default_collate(good)
 
 
 class _EpochToDataset(L.Callback):
@@ -689,6 +682,13 @@ def train_sed(cfg: SEDTrainingConfig, network_factory: NetworkFactory | None = N
     if cfg.init_from:
         _init_weights(spec, cfg.init_from)
     train_set, val_set = build_datasets(cfg, classes, spec.sample_rate, spec.clip_samples)
+    train_set.bad_clips = BadClipGuard(cfg.max_bad_clips, "training clip")
+    if val_set is not None:
+        val_set.bad_clips = BadClipGuard(cfg.max_bad_clips, "validation clip")
+    empty = [classes.name(k) for k, c in enumerate(train_set.class_counts().tolist()) if c == 0]
+    if empty:
+        log.warning("%d class(es) have no training clip (missing on disk or never labelled): %s%s", len(empty),
+                    ", ".join(empty[:10]), " ..." if len(empty) > 10 else "")
     dm = SEDDataModule(cfg, train_set, val_set)
     module = SEDModule(spec.module, cfg, classes)
 
@@ -729,9 +729,18 @@ def train_sed(cfg: SEDTrainingConfig, network_factory: NetworkFactory | None = N
     best = None
     if val_set is not None:
         best = BestCheckpoint(VAL_METRIC, "max", "best-step{step}-map{val_mAP:.4f}", auto_insert_metric_name=False)
+    data_id = {
+        "classes": fingerprint_of(list(classes.names)),
+        "train": {"clips": len(train_set), "id": fingerprint_of(list(train_set.clip_ids), train_set.targets)},
+        "val": None if val_set is None else {"clips": len(val_set), "id": fingerprint_of(list(val_set.clip_ids), val_set.targets)},
+    }
+    banner = [f"data ({cfg.data.format}): {len(train_set)} training clips"
+              f"{'' if val_set is None else f', {len(val_set)} validation clips'}, {len(classes)} classes, "
+              f"batch {cfg.data.batch_size} per device, model {spec.kind} ({cfg.model})"]
     run_training(
         module, dm, cfg, out_dir=out, max_steps=cfg.max_steps, max_epochs=cfg.max_epochs, best=best,
         # the exported weights' own metrics (loads the best checkpoint when there is one)
         validate_best=val_set is not None, export=export, callbacks=[_EpochToDataset()], trainer_kwargs=extra,
+        record=cfg, fingerprint=data_id, banner=banner,
     )
     return model_dir

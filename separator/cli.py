@@ -473,26 +473,54 @@ def _devices(text: Optional[str]):
     fail(f"--devices {text!r}: give a count (2), a list of device indices (0,1) or auto")
 
 
+def _training_output() -> None:
+    """Show the training runner's banner, progress lines and warnings on stderr (plain lines, log-file friendly)."""
+    import logging
+
+    for name in ("qsep_core", "sed", "separator"):
+        lg = logging.getLogger(name)
+        if not any(getattr(h, "_qsep", False) for h in lg.handlers):
+            h = logging.StreamHandler(sys.stderr)
+            h.setFormatter(logging.Formatter("%(message)s"))
+            h._qsep = True  # type: ignore[attr-defined]
+            lg.addHandler(h)
+            lg.setLevel(logging.INFO)
+            lg.propagate = False
+
+
 def _run_training(run, what: str):
-    """Call a training entry point, turning the errors a user can act on into one line each."""
+    """Call a training entry point ``run()``: a stop signal, another run in the folder, bad clips, a placement the
+    machine lacks (``--accelerator gpu`` without one) and the other errors a user can act on become one line
+    and an exit code."""
     from qsep_core.audio import AudioError
     from qsep_core.checkpoint import CheckpointError
     from qsep_core.config import ConfigError
     from qsep_core.extras import MissingExtraError
     from qsep_core.manifest import ManifestError
+    from qsep_core.training import BadClipError, RunMismatch, TrainingInterrupted
+    from sed.data import DatasetError
 
     try:
         from lightning.fabric.utilities.exceptions import MisconfigurationException
     except ImportError:  # pragma: no cover - lightning is a dependency
         MisconfigurationException = ConfigError
-    from sed.data import DatasetError
-
+    _training_output()
     try:
         return run()
-    except MisconfigurationException as exc:  # e.g. --accelerator gpu on a machine without one
+    except TrainingInterrupted as exc:
+        console.print(str(exc), highlight=False, soft_wrap=True)
+        raise typer.Exit(exc.exit_code)
+    except MisconfigurationException as exc:
         fail(f"{what}: {exc} (check --accelerator / --devices; `--accelerator cpu` runs anywhere)")
-    except (ConfigError, CheckpointError, ManifestError, DatasetError, AudioError, MissingExtraError, FileNotFoundError) as exc:
+    except (RunMismatch, BadClipError, ConfigError, CheckpointError, ManifestError, DatasetError, AudioError,
+            MissingExtraError, FileNotFoundError) as exc:
         fail(str(exc))
+
+
+def _resume_value(resume: Optional[bool], resume_anyway: bool):
+    if resume_anyway and resume is False:
+        fail("--resume-anyway and --no-resume contradict each other")
+    return "anyway" if resume_anyway else resume
 
 
 def _parse_overrides(items: list[str]) -> dict:
@@ -519,7 +547,9 @@ def train_sed(
     max_steps: int = typer.Option(None, "--max-steps", help="Stop after this many optimiser steps."),
     precision: str = typer.Option(None, "--precision", help="32-true, bf16-mixed (GPU), 16-mixed ..."),
     num_nodes: int = typer.Option(None, "--num-nodes", help="Nodes for multi-node DDP."),
-    resume: bool = typer.Option(None, "--resume/--no-resume", help="Continue from <out>/checkpoints/last.ckpt if it exists (default: yes)."),
+    resume: bool = typer.Option(None, "--resume/--no-resume", help="Continue the run in <out> if it is the same run (default: yes); --no-resume starts fresh (the old run is moved to <out>/previous-N)."),
+    resume_anyway: bool = typer.Option(False, "--resume-anyway", help="Continue the run in <out> even though its config or data differ."),
+    max_bad_clips: int = typer.Option(None, "--max-bad-clips", min=0, help="Skip and report up to N unreadable / NaN clips (default 0: the first one stops the run)."),
     set_: list[str] = typer.Option(None, "--set", help=SET_HELP),
 ) -> None:
     """Train an HTS-AT sound event detector on weakly labeled clips.
@@ -528,7 +558,8 @@ def train_sed(
     """
     overrides = _parse_overrides(list(ctx.args) + list(set_ or []))
     overrides.update(_given(out_dir=out, accelerator=accelerator, max_steps=max_steps, precision=precision,
-                            num_nodes=num_nodes, resume=resume, devices=_devices(devices)))
+                            num_nodes=num_nodes, resume=_resume_value(resume, resume_anyway), devices=_devices(devices),
+                            max_bad_clips=max_bad_clips))
 
     def run():
         from sed.train import load_sed_config, train_sed
@@ -551,7 +582,9 @@ def train_separator(
     num_nodes: int = typer.Option(None, "--num-nodes", help="Nodes for multi-node DDP."),
     max_steps: int = typer.Option(None, "--max-steps", help="Stop after this many optimiser steps."),
     precision: str = typer.Option(None, "--precision", help="auto (bf16-mixed on GPU), 32-true, ..."),
-    resume: bool = typer.Option(None, "--resume/--no-resume", help="Continue from <out>/checkpoints/last.ckpt if it exists (default: yes)."),
+    resume: bool = typer.Option(None, "--resume/--no-resume", help="Continue the run in <out> if it is the same run (default: yes); --no-resume starts fresh (the old run is moved to <out>/previous-N)."),
+    resume_anyway: bool = typer.Option(False, "--resume-anyway", help="Continue the run in <out> even though its config or data differ."),
+    max_bad_clips: int = typer.Option(None, "--max-bad-clips", min=0, help="Skip and report up to N unreadable segments (default 0: the first one stops the run)."),
     set_: list[str] = typer.Option(None, "--set", help=SET_HELP),
 ) -> None:
     """Train a query-conditioned separator on mined segments.
@@ -560,8 +593,9 @@ def train_separator(
     """
     overrides = _parse_overrides(list(ctx.args) + list(set_ or []))
     overrides.update(_given(manifest=manifest, out_dir=out, detector=detector, accelerator=accelerator,
-                            num_nodes=num_nodes, max_steps=max_steps, precision=precision, resume=resume,
-                            devices=_devices(devices)))
+                            num_nodes=num_nodes, max_steps=max_steps, precision=precision,
+                            resume=_resume_value(resume, resume_anyway), devices=_devices(devices),
+                            max_bad_clips=max_bad_clips))
 
     def run():
         from separator.train import load_training_config, train_separator

@@ -47,7 +47,17 @@ from torch import nn
 from qsep_core import audio
 from qsep_core.config import ConfigError, load_config, to_dict
 from qsep_core.metrics import sdr, si_sdr
-from qsep_core.training import BestCheckpoint, RunConfig, RunResult, begin_run, run_training, warmup_scheduler
+from qsep_core.training import (
+    BadClipGuard,
+    BestCheckpoint,
+    ResumableSampler,
+    RunConfig,
+    RunResult,
+    begin_run,
+    fingerprint_of,
+    run_training,
+    warmup_scheduler,
+)
 from separator import augment
 from separator.losses import LOSSES
 
@@ -219,6 +229,7 @@ class SeparatorTrainingConfig(RunConfig):
     num_workers: int = 0
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.loss not in LOSSES:
             raise ConfigError(f"loss={self.loss!r}; choose one of {sorted(LOSSES)}")
         if self.optimizer not in ("adam", "adamw"):
@@ -488,7 +499,16 @@ class MixtureDataset(torch.utils.data.Dataset):
         w = w / w.sum() * (1 - w_t)
         return w_t * centroid + (w[:, None] * self.centroids[picked]).sum(0)
 
-    def __getitem__(self, key: int) -> dict[str, Any]:
+    def __getitem__(self, key: int) -> dict[str, Any] | None:
+        """The mixture of ``key``; None when a segment could not be read and ``bad_clips`` allows skipping it."""
+        if self.bad_clips is None:
+            return self._item(key)
+        return self.bad_clips.read(f"mixture {key}", lambda: self._item(key))
+
+    #: skip-and-report of unreadable segments (``BadClipGuard``); None: the first one raises
+    bad_clips: BadClipGuard | None = None
+
+    def _item(self, key: int) -> dict[str, Any]:
         g = torch.Generator().manual_seed(_item_seed(self.seed, key))
         t = self._pick(g, self.target_table, self.targets)
         i = self._partner(t, g)
@@ -623,23 +643,36 @@ class SeparatorDataModule:
             self.val_set = MixtureDataset(self.store, val_idx, self.overlap, mix, config.seed + _VAL_SEED_OFFSET, mix.val_size,
                                           self.conditions, rows, centroids=self.centroids)
 
-    def _loader(self, ds: MixtureDataset, fixed: bool) -> torch.utils.data.DataLoader:
+    def _loader(self, ds: MixtureDataset, fixed: bool, trainer: Any = None) -> torch.utils.data.DataLoader:
         world = _rank_world()[1]
+        sampler: Any = MixtureSampler(len(ds) if fixed else max(1, self.cfg.epoch_size), fixed=fixed)
+        if not fixed:  # a mid-epoch resume skips the batches already trained (keys are pure functions of the epoch)
+            sampler = ResumableSampler(sampler, self.cfg.batch_size, lambda: trainer)
         return torch.utils.data.DataLoader(
             ds,
             batch_size=self.cfg.batch_size,
-            sampler=MixtureSampler(len(ds) if fixed else max(1, self.cfg.epoch_size), fixed=fixed),
+            sampler=sampler,
             num_workers=self.cfg.num_workers,
             persistent_workers=self.cfg.num_workers > 0,
             drop_last=not fixed and self.cfg.epoch_size >= self.cfg.batch_size * world,
             collate_fn=_collate,
         )
 
-    def train_dataloader(self) -> torch.utils.data.DataLoader:
-        return self._loader(self.train_set, fixed=False)
+    def train_dataloader(self, trainer: Any = None) -> torch.utils.data.DataLoader:
+        return self._loader(self.train_set, fixed=False, trainer=trainer)
 
     def val_dataloader(self) -> torch.utils.data.DataLoader | list:
         return self._loader(self.val_set, fixed=True) if self.val_set is not None else []
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What identifies the training data: the manifest's segments and latents (compared on resume)."""
+        seg = self.manifest.segments
+        out = {"segments": len(seg), "classes": fingerprint_of(list(self.manifest.class_names or [])),
+               "id": fingerprint_of(list(seg.clip_id), list(seg.label), list(seg.start), self.manifest.latents)}
+        if getattr(self, "val_store", None) is not None:
+            vm = self.val_store.manifest
+            out["val_manifest"] = fingerprint_of(list(vm.segments.clip_id), list(vm.segments.label), vm.latents)
+        return out
 
 
 def class_centroids(latents: torch.Tensor, labels: Sequence[int], rows: Sequence[int], num_classes: int) -> torch.Tensor:
@@ -655,7 +688,10 @@ def class_centroids(latents: torch.Tensor, labels: Sequence[int], rows: Sequence
     return out / count.clamp(min=1)[:, None]
 
 
-def _collate(items: list[dict[str, Any]]) -> dict[str, Any]:
+def _collate(items: list[dict[str, Any] | None]) -> dict[str, Any] | None:
+    items = [it for it in items if it is not None]  # mixtures of bad segments skipped (max_bad_clips)
+    if not items:
+        return None
     out: dict[str, Any] = {}
     for k in items[0]:
         v = [it[k] for it in items]
@@ -693,13 +729,17 @@ class SeparatorModule(L.LightningModule):
     def forward(self, mixture: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
         return self.model(mixture, condition)
 
-    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor | None:
+        if batch is None:  # every mixture of the batch was skipped (max_bad_clips)
+            return None
         est = self.model(batch["mixture"], batch["condition"])  # (batch, 1, T)
         loss = self.loss_fn(estimate=est.float(), reference=batch["target"])
         self.log("train/loss", loss, prog_bar=True, batch_size=est.shape[0])
         return loss
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        if batch is None:
+            return
         est = self.model(batch["mixture"], batch["condition"]).float()
         ref, mix = batch["target"], batch["mixture"]
         n = est.shape[0]
@@ -752,7 +792,7 @@ class _LightningDataModule(L.LightningDataModule):
         self.dm = dm
 
     def train_dataloader(self) -> torch.utils.data.DataLoader:
-        return self.dm.train_dataloader()
+        return self.dm.train_dataloader(getattr(self, "trainer", None))
 
     def val_dataloader(self) -> torch.utils.data.DataLoader | list:
         return self.dm.val_dataloader()  # [] without a validation set (the Trainer then has limit_val_batches=0)
@@ -792,7 +832,8 @@ def export_checkpoint(ckpt_path: str | os.PathLike, model: nn.Module, kind: str,
 def train_separator(config: SeparatorTrainingConfig) -> Path:
     """Train a separator on mined segments; returns the exported model folder (or the run folder if ``export`` is off).
 
-    Re-running the same config after a kill resumes from ``out_dir/checkpoints/last.ckpt``.
+    Re-running the same config after a kill resumes from ``out_dir/checkpoints/last.ckpt`` and reaches the
+    weights of an uninterrupted run (:mod:`qsep_core.training`); rerunning a finished run does nothing.
     """
     if not config.manifest:
         raise ConfigError("manifest is not set: give the output folder of `qsep mine`")
@@ -816,6 +857,9 @@ def train_separator(config: SeparatorTrainingConfig) -> Path:
                              config.warmup_steps, config.max_steps if config.lr_schedule == "warmup_cosine" else 0,
                              config.min_lr_ratio)
     has_val = dm.val_set is not None
+    dm.train_set.bad_clips = BadClipGuard(config.max_bad_clips, "training segment")
+    if dm.val_set is not None:
+        dm.val_set.bad_clips = BadClipGuard(config.max_bad_clips, "validation segment")
 
     def export(result: RunResult) -> Path:
         chosen = result.best or str(result.last)
@@ -838,11 +882,18 @@ def train_separator(config: SeparatorTrainingConfig) -> Path:
     # the best checkpoint by validation SI-SDRi (without validation: the latest); last.ckpt every
     # checkpoint_every_n_steps steps (a kill loses at most that many) and at every epoch end (a finished run
     # resumes to "nothing left to do")
+    n_classes = len({k for ls in dm.store.labels for k in ls})
+    banner = [f"data: {config.manifest}: {len(dm.store)} segments of {n_classes} classes; {len(dm.train_set.indices)} for "
+              f"training mixtures ({config.epoch_size} per epoch, batch {config.batch_size}), "
+              f"{0 if dm.val_set is None else len(dm.val_set)} validation mixtures; condition {config.mixing.condition}",
+              f"model: {config.model_kind} ({config.model_preset}), {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters, "
+              f"{rate} Hz, {dm.segment_samples / rate:g} s segments"]
     run_training(
         module, _LightningDataModule(dm), config, out_dir=out, max_steps=config.max_steps, max_epochs=config.max_epochs,
         best=BestCheckpoint("val/sisdri" if has_val else None, "max", "best-{epoch}-{step}"), last_every_epoch=True,
         log_version=0, export=export if config.export else None,
         trainer_kwargs={"gradient_clip_val": config.grad_clip, "limit_val_batches": 1.0 if has_val else 0,
                         "deterministic": False},
+        record=config, fingerprint=dm.fingerprint(), banner=banner,
     )
     return out / "model" if config.export else out

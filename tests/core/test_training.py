@@ -92,14 +92,15 @@ class _Data(L.LightningDataModule):
 def test_runner_checkpoints_resumes_and_exports_on_rank_zero(tmp_path):
     run = RunConfig(accelerator="cpu", devices=1, seed=5, checkpoint_every_n_steps=2, progress=False, log_every_n_steps=1)
     begin_run(run, tmp_path, record=run)
-    assert "checkpoint_every_n_steps: 2" in (tmp_path / "config.yaml").read_text()
+    assert not (tmp_path / "config.yaml").exists()  # written by run_training, once the data and model were built
     seen = []
     first = run_training(_Regression(), _Data(), run, out_dir=tmp_path, max_steps=3, export=lambda r: seen.append(r.last) or "done")
+    assert "checkpoint_every_n_steps: 2" in (tmp_path / "config.yaml").read_text()
     assert first.exported == "done" and seen == [str(tmp_path / "checkpoints" / "last.ckpt")]
-    assert torch.load(first.last, map_location="cpu", weights_only=True)["global_step"] == 2  # every 2 steps
+    assert torch.load(first.last, map_location="cpu", weights_only=True)["global_step"] == 3  # every 2 steps and at the end
     module = _Regression()
     again = run_training(module, _Data(), run, out_dir=tmp_path, max_steps=6)
-    assert module.first_step == 2 and again.trainer.global_step == 6 and again.exported is None
+    assert module.first_step == 3 and again.trainer.global_step == 6 and again.exported is None
     fresh = _Regression()
     run_training(fresh, _Data(), dataclasses.replace(run, resume=False), out_dir=tmp_path, max_steps=1)
     assert fresh.first_step == 0
