@@ -2,8 +2,11 @@
 
 A reader never sees a half-written file, an interrupted write leaves the destination as it was,
 and two writers never share a temporary name (each gets its own from :mod:`tempfile`).
-Temporary names are ``.<name>.<random>.part`` in the destination's folder (same file system,
-so the final :func:`os.replace` is atomic).
+Temporary names are ``.<name>.<pid>-<random>.part`` in the destination's folder (same file system,
+so the final :func:`os.replace` is atomic). A process killed with SIGKILL cannot remove its temporary;
+the next write of the same destination removes every temporary of it whose process is gone
+(:func:`clean_stale`). Results get the permissions a plain ``open()`` would give them under the
+user's umask; replacing an existing file keeps that file's permissions.
 
 Use :class:`AtomicPath` as a context manager (commit on success, clean up on error)::
 
@@ -17,10 +20,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 
-__all__ = ["AtomicPath", "atomic_write_text", "PART_SUFFIX"]
+__all__ = ["AtomicPath", "atomic_write_text", "clean_stale", "PART_SUFFIX"]
 
 #: suffix of every temporary file or folder (``.gitignore`` lists it)
 PART_SUFFIX = ".part"
@@ -31,6 +35,46 @@ def _umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def clean_stale(dest: str | os.PathLike) -> list[Path]:
+    """Remove the temporary files/folders of ``dest`` left by processes that no longer run; returns them.
+
+    Only names this module makes (``.<name>.<pid>-<random>.part``) are touched, and only when that pid is
+    not a live process. Never raises.
+    """
+    dest = Path(dest)
+    prefix = f".{dest.name}."
+    removed: list[Path] = []
+    try:
+        entries = list(os.scandir(dest.parent if str(dest.parent) else "."))
+    except OSError:
+        return removed
+    for e in entries:
+        if not (e.name.startswith(prefix) and e.name.endswith(PART_SUFFIX)):
+            continue
+        pid = e.name[len(prefix):].partition("-")[0]
+        if not pid.isdigit() or _pid_alive(int(pid)):
+            continue
+        try:
+            if e.is_dir(follow_symlinks=False):
+                shutil.rmtree(e.path)
+            else:
+                os.unlink(e.path)
+            removed.append(Path(e.path))
+        except OSError:
+            pass
+    return removed
 
 
 class AtomicPath:
@@ -59,15 +103,24 @@ class AtomicPath:
         if not folder.is_dir():
             raise FileNotFoundError(f"cannot write {self.dest}: folder {folder} does not exist")
         self._check_free()
-        prefix = f".{self.dest.name}."
+        clean_stale(self.dest)
+        prefix = f".{self.dest.name}.{os.getpid()}-"
         if directory:
             self.tmp: Path | None = Path(tempfile.mkdtemp(prefix=prefix, suffix=PART_SUFFIX, dir=folder))
         else:
             fd, name = tempfile.mkstemp(prefix=prefix, suffix=PART_SUFFIX, dir=folder)
             os.close(fd)
             self.tmp = Path(name)
-        # tempfile creates 0600 / 0700; the result should have the permissions a plain open() would give it
-        os.chmod(self.tmp, (0o777 if directory else 0o666) & ~_umask())
+        # tempfile creates 0600 / 0700; the result should have the permissions a plain open() would give it,
+        # or those of the file it replaces
+        mode = (0o777 if directory else 0o666) & ~_umask()
+        try:
+            old = os.stat(self.dest)
+            if stat.S_ISDIR(old.st_mode) == directory:
+                mode = stat.S_IMODE(old.st_mode)
+        except OSError:
+            pass
+        os.chmod(self.tmp, mode)
 
     def _check_free(self) -> None:
         if not self.overwrite and self.dest.exists():

@@ -36,7 +36,9 @@ _PASSTHROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}
 
 def fail(message: str, code: int = 1) -> NoReturn:
     """Print an error a user can act on and exit with ``code``."""
-    console.print(f"[bold red]error:[/] {message}", highlight=False)
+    from rich.markup import escape
+
+    console.print(f"[bold red]error:[/] {escape(str(message))}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
