@@ -93,7 +93,14 @@ def separate(
         fail(f"--format must be wav or flac, got {fmt!r}")
     if not 0 < jobs <= 64:
         fail(f"--jobs must be between 1 and 64, got {jobs}")
+    from separator.api import check_chunking
     from separator.query.errors import QueryError
+
+    try:
+        for warning in check_chunking(segment, overlap, batch_size):
+            console.print(f"[yellow]warning:[/] {warning}", highlight=False)
+    except ValueError as exc:
+        fail(f"--segment/--overlap/--batch-size: {exc}")
 
     try:
         queries = plan_queries(text, query_audio, label, embedding, negative)
@@ -103,7 +110,11 @@ def separate(
         fail("empty query: give at least one --text, --query-audio, --label or --embedding")
     from qsep_core import audio as audio_io
 
-    files, problems = audio_io.collect_audio_files(inputs)
+    skipped: list = []
+    files, problems = audio_io.collect_audio_files(inputs, skipped=skipped)
+    if skipped:
+        console.print(f"skipped {len(skipped)} file(s) in the input folders that qsep wrote (earlier outputs, e.g. "
+                      f"{skipped[0]}); name such a file explicitly to separate it", highlight=False)
     for msg in problems:
         console.print(f"[bold red]error:[/] {msg}", highlight=False)
     if not files:
@@ -642,14 +653,42 @@ for _importer in IMPORTERS:
     _add_import_command(_importer)
 
 
+class _Signalled(KeyboardInterrupt):
+    """SIGINT / SIGTERM / SIGHUP as an interrupt, so every open output is cleaned up as for Ctrl-C."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+_SIGNALLED: list[int] = []
+
+
+def _on_signal(signum, frame) -> None:  # noqa: ARG001 - signal handler signature
+    _SIGNALLED.append(signum)
+    raise _Signalled(signum)
+
+
 def main() -> None:
-    """Console entry point (``qsep``)."""
+    """Console entry point (``qsep``).
+
+    Ctrl-C, SIGTERM and SIGHUP stop the command: outputs being written are dropped (their temporary
+    files removed; finished outputs stay), the signal is named, and the exit status is 128 + its number.
+    """
+    import signal
+
+    for sig in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)):
+        if sig is not None:
+            signal.signal(sig, _on_signal)
     try:
         app()
-    except KeyboardInterrupt:
-        console.print("interrupted")
-        sys.exit(130)
-
+    except (SystemExit, KeyboardInterrupt) as exc:
+        if not _SIGNALLED:
+            raise
+        signum = _SIGNALLED[0]
+        console.print(f"interrupted by {signal.Signals(signum).name}: outputs not finished were not written and "
+                      "their temporary files were removed", highlight=False)
+        sys.exit(128 + int(signum))
 
 if __name__ == "__main__":
     main()
