@@ -69,8 +69,8 @@ __all__ = [
 #: Containers libsndfile cannot open; they are decoded by the ``ffmpeg`` program (streamed through a pipe).
 FFMPEG_EXTENSIONS = (".m4a", ".mp4", ".m4b", ".aac", ".mkv", ".mka", ".webm", ".mov", ".wma", ".ac3")
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".au", ".w64", ".caf") + FFMPEG_EXTENSIONS
-#: Every file :class:`AudioWriter` writes carries this in its ``software`` tag, so a later folder scan can
-#: tell earlier outputs from inputs (:func:`is_qsep_output`).
+#: Separation outputs carry this in their ``software`` tag (``AudioWriter(..., tag=OUTPUT_SOFTWARE_TAG)``), so a
+#: later folder scan can tell earlier outputs from inputs (:func:`is_qsep_output`).
 OUTPUT_SOFTWARE_TAG = "qsep"
 #: Formats :func:`save` writes, by extension.
 WRITE_FORMATS = {".wav": "WAV", ".flac": "FLAC"}
@@ -594,7 +594,8 @@ class AudioWriter:
             w.write(block)        # (channels, n) float
 
     Integer formats clip samples outside [-1, 1]; :attr:`clipped` counts them so
-    the caller can report it (qsep never clips silently).
+    the caller can report it (qsep never clips silently). ``tag`` goes into the file's ``software``
+    field (separation outputs: :data:`OUTPUT_SOFTWARE_TAG`).
 
     Raises:
         UnsupportedFormatError: the extension or bit depth cannot be written.
@@ -610,8 +611,10 @@ class AudioWriter:
         channels: int,
         bit_depth: str = "16",
         overwrite: bool = True,
+        tag: str | None = None,
     ):
         self.path = Path(path)
+        self.tag = tag
         self.sample_rate = int(sample_rate)
         self.channels = int(channels)
         self.format, self.subtype = _subtype_for(self.path, bit_depth)
@@ -646,7 +649,8 @@ class AudioWriter:
                 str(self._atomic.tmp), "w", samplerate=self.sample_rate, channels=self.channels, format=self.format,
                 subtype=self.subtype,
             )
-            self._file.software = OUTPUT_SOFTWARE_TAG
+            if self.tag:
+                self._file.software = self.tag
         except (OSError, sf.LibsndfileError, RuntimeError) as exc:
             self.abort()
             raise AudioWriteError(_write_failure(self.path, exc, "cannot write")) from None

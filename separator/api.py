@@ -619,7 +619,8 @@ class Separator:
         with audio_io.AudioReader(in_path) as reader:
             rate, channels = reader.sample_rate, reader.channels
             writers = {
-                name: audio_io.AudioWriter(path, rate, channels, bit_depth=bit_depth, overwrite=overwrite)
+                name: audio_io.AudioWriter(path, rate, channels, bit_depth=bit_depth, overwrite=overwrite,
+                                           tag=audio_io.OUTPUT_SOFTWARE_TAG)
                 for name, path in (("target", out_path_target), ("residual", out_path_residual)) if path is not None
             }
             seg, ov, bs = self._chunking(rate, reader.frames, segment, overlap, batch_size)
