@@ -18,13 +18,14 @@ that streams blocks). :func:`atomic_write_text` writes a whole text file in one 
 """
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import stat
 import tempfile
 from pathlib import Path
 
-__all__ = ["AtomicPath", "atomic_write_text", "clean_stale", "PART_SUFFIX"]
+__all__ = ["AtomicPath", "atomic_write_text", "clean_stale", "write_error_message", "PART_SUFFIX"]
 
 #: suffix of every temporary file or folder (``.gitignore`` lists it)
 PART_SUFFIX = ".part"
@@ -35,6 +36,32 @@ def _umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+#: below this many free bytes, a failed write is reported as a full disk (libsndfile only says "System error")
+FULL_DISK_BYTES = 1 << 20
+
+
+def write_error_message(path: str | os.PathLike, exc: BaseException, what: str = "cannot write") -> str:
+    """One line saying why writing ``path`` failed, in words a user can act on (full disk, permissions, ...).
+
+    Libraries that hide the errno (libsndfile says "System error.") are diagnosed from the folder: almost no
+    free space means a full disk, a folder this user cannot write means permissions.
+    """
+    path = Path(path)
+    folder = path.parent if str(path.parent) else Path(".")
+    code = getattr(exc, "errno", None)
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        free = None
+    if code in (errno.ENOSPC, errno.EDQUOT) or (free is not None and free < FULL_DISK_BYTES):
+        return f"{what} {path}: no space left on the device holding {folder} (free some space or write elsewhere)"
+    if code in (errno.EACCES, errno.EPERM) or isinstance(exc, PermissionError) or not os.access(folder, os.W_OK):
+        return f"{what} {path}: permission denied (folder {folder} is not writable by this user)"
+    if code == errno.EROFS:
+        return f"{what} {path}: the file system holding {folder} is read-only"
+    return f"{what} {path}: {getattr(exc, 'strerror', None) or exc}"
 
 
 def _pid_alive(pid: int) -> bool:

@@ -17,7 +17,6 @@ Long files are read and written block by block (:class:`AudioReader`,
 """
 from __future__ import annotations
 
-import errno
 import math
 import os
 import shutil
@@ -33,7 +32,7 @@ import soundfile as sf
 import torch
 import torchaudio.functional as AF
 
-from qsep_core.atomic import AtomicPath
+from qsep_core.atomic import AtomicPath, write_error_message
 
 __all__ = [
     "AudioError",
@@ -713,25 +712,9 @@ class AudioWriter:
             self._atomic = None
 
 
-#: below this many free bytes, a failed write is reported as a full disk (libsndfile only says "System error")
-_FULL_DISK_BYTES = 1 << 20
-
-
 def _write_failure(path: Path, exc: BaseException, what: str) -> str:
-    """One line saying why writing ``path`` failed, in words a user can act on."""
-    folder = path.parent if str(path.parent) else Path(".")
-    code = getattr(exc, "errno", None)
-    try:
-        free = shutil.disk_usage(folder).free
-    except OSError:
-        free = None
-    if code == errno.ENOSPC or code == errno.EDQUOT or (free is not None and free < _FULL_DISK_BYTES):
-        return f"{what} {path}: no space left on the device holding {folder} (free some space or choose another -o)"
-    if code in (errno.EACCES, errno.EPERM) or isinstance(exc, PermissionError) or not os.access(folder, os.W_OK):
-        return f"{what} {path}: permission denied (folder {folder} is not writable by this user)"
-    if code == errno.EROFS:
-        return f"{what} {path}: the file system holding {folder} is read-only"
-    return f"{what} {path}: {getattr(exc, 'strerror', None) or exc}"
+    """One line saying why writing ``path`` failed (:func:`qsep_core.atomic.write_error_message`)."""
+    return write_error_message(path, exc, what)
 
 
 def is_qsep_output(path: str | os.PathLike) -> bool:

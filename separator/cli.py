@@ -249,7 +249,7 @@ def detect(
     for f in files:
         try:
             det = detect_file(detector, f, threshold=threshold, top_k=top_k)
-        except AudioError as exc:
+        except (AudioError, ValueError) as exc:
             console.print(f"[bold red]error:[/] {f}: {exc}", highlight=False)
             failed.append(str(f))
             continue
@@ -267,7 +267,7 @@ def detect(
             for e in det.events:
                 typer.echo(f"  {e.label:<32} {e.start:9.3f} {e.end:9.3f}  {e.confidence:.3f}")
     if json_out:
-        typer.echo(json.dumps([d.to_json() for d in results], indent=2))
+        typer.echo(json.dumps([d.to_json() for d in results], indent=2, allow_nan=False))
     if failed:
         fail(f"{len(failed)} of {len(files)} file(s) could not be read: {', '.join(failed)}")
 
@@ -317,7 +317,7 @@ def embed(
         encoder = QueryEncoder.from_model(model, device=device, text_encoder=text_encoder, **gate) if model else QueryEncoder()
         result = encoder.encode(query)
         path = save_condition(out, result, encoder, overwrite=overwrite)
-    except (QueryError, AudioError, CheckpointError, ConfigError) as exc:
+    except (QueryError, AudioError, CheckpointError, ConfigError, OSError) as exc:
         fail(str(exc))
     for line in result.report_lines(verbose=verbose):
         console.print(line, highlight=False, markup=False, soft_wrap=True)
@@ -587,6 +587,8 @@ def evaluate_musdb(
     except (FfmpegNotFoundError, CheckpointError, OSError, ValueError, KeyError, ImportError) as err:
         fail(str(err))
     typer.echo(ev.summary_markdown(summary))
+    for f in summary.get("failed", []):
+        console.print(f"[yellow]not scored:[/] {f['track']} ({f['method']}): {f['error']}", highlight=False, markup=False)
     console.print(f"results in {out} (summary.json, summary.md)")
 
 
