@@ -178,7 +178,7 @@ def _open(path: Path) -> sf.SoundFile:
     try:
         return sf.SoundFile(str(path))
     except (sf.LibsndfileError, RuntimeError, TypeError) as exc:
-        why = str(exc)
+        why = (getattr(exc, "error_string", None) or str(exc)).strip().rstrip(".")
         if "does not exist" in why or "System error" in why:
             # libsndfile's words for "no decoder recognised the data" (e.g. a bad .mp3): the file does exist
             why = "no audio decoder recognises its data"

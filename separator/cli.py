@@ -588,7 +588,7 @@ def evaluate_musdb(
         fail(str(err))
     typer.echo(ev.summary_markdown(summary))
     for f in summary.get("failed", []):
-        console.print(f"[yellow]not scored:[/] {f['track']} ({f['method']}): {f['error']}", highlight=False, markup=False)
+        console.print(f"not scored: {f['track']} ({f['method']}): {f['error']}", highlight=False, markup=False)
     console.print(f"results in {out} (summary.json, summary.md)")
 
 
