@@ -141,6 +141,10 @@ def save_model(
     return path
 
 
+#: model files whose components were checked in this process (path, file versions, components)
+_CHECKED: set[tuple] = set()
+
+
 class ModelFolder:
     """A qsep model folder (or single ``.safetensors`` file), opened for reading.
 
@@ -155,8 +159,14 @@ class ModelFolder:
         components: component name -> ``{"kind", "config"}``.
         metadata: free-form facts written at save time.
 
+    Opening validates the folder before anything is allocated: ``config.json`` (UTF-8 JSON, typed component
+    specs), the safetensors header (through the safetensors library: offsets contiguous and in range), and
+    for every component kind in ``builders`` its config (field types and ranges) against the header's shapes,
+    built on the meta device.
+
     Raises:
-        CheckpointError: the path is missing, not a qsep model, unreadable, or of a newer format version.
+        CheckpointError: the path is missing, not a qsep model, unreadable, of a newer format version, or
+            malformed (the message names the file, the component and the field).
     """
 
     def __init__(self, path: str | os.PathLike, builders: Mapping[str, Builder] | None = None):
@@ -189,6 +199,29 @@ class ModelFolder:
         self._validate()
         self.components: dict[str, dict[str, Any]] = self.config["components"]
         self.metadata: dict[str, Any] = self.config.get("metadata", {})
+        self._check_components()
+
+    def _check_components(self) -> None:
+        """Every component this reader can build: its config builds (on the meta device: nothing is allocated)
+        and fits the tensor shapes in the safetensors header. Checked once per file version and process."""
+        buildable = [n for n, spec in self.config["components"].items() if spec["kind"] in self.builders]
+        if not buildable:
+            return
+        try:
+            st = [p.stat() for p in {self.path / CONFIG_NAME if self.path.is_dir() else self.path, self.weights_path}]
+        except OSError as exc:
+            raise CheckpointError(f"cannot read {self.path}: {exc.strerror or exc}") from None
+        key = (str(self.path.resolve()), tuple((s.st_mtime_ns, s.st_size, s.st_ino) for s in st), tuple(buildable))
+        if key in _CHECKED:
+            return
+        with SafetensorsReader(self.weights_path) as f:
+            shapes = {k: f.shape(k) for k in f.keys()}
+        for name in buildable:
+            where, prefix = f"{self.path} [{name}]", f"{name}."
+            meta = _build_checked(self.kind(name), self.component_config(name), self.builders, where, meta=True)
+            given = {k[len(prefix):]: v for k, v in shapes.items() if k.startswith(prefix)}
+            check_fit({k: tuple(v.shape) for k, v in meta.state_dict().items()}, given, where)
+        _CHECKED.add(key)
 
     def _safe_metadata(self) -> dict[str, str]:
         try:
