@@ -159,10 +159,10 @@ class ModelFolder:
         components: component name -> ``{"kind", "config"}``.
         metadata: free-form facts written at save time.
 
-    Opening validates the folder before anything is allocated: ``config.json`` (UTF-8 JSON, typed component
-    specs), the safetensors header (through the safetensors library: offsets contiguous and in range), and
-    for every component kind in ``builders`` its config (field types and ranges) against the header's shapes,
-    built on the meta device.
+    Opening validates ``config.json`` (UTF-8 JSON, typed component specs); :meth:`check` and :meth:`build`
+    validate a component before anything is allocated: the safetensors header (through the safetensors
+    library: offsets contiguous and in range) and the component's config (field types and ranges) against
+    the header's shapes, built on the meta device.
 
     Raises:
         CheckpointError: the path is missing, not a qsep model, unreadable, of a newer format version, or
@@ -199,12 +199,16 @@ class ModelFolder:
         self._validate()
         self.components: dict[str, dict[str, Any]] = self.config["components"]
         self.metadata: dict[str, Any] = self.config.get("metadata", {})
-        self._check_components()
 
-    def _check_components(self) -> None:
-        """Every component this reader can build: its config builds (on the meta device: nothing is allocated)
-        and fits the tensor shapes in the safetensors header. Checked once per file version and process."""
-        buildable = [n for n, spec in self.config["components"].items() if spec["kind"] in self.builders]
+    def check(self, *names: str) -> None:
+        """Check components ``names`` (default: every one this reader can build) without allocating them: each
+        config builds on the meta device and fits the tensor shapes in the safetensors header. Checked once per
+        file version and process. (:meth:`build` always checks its component this way first.)
+
+        Raises:
+            CheckpointError: a config field of the wrong type or range, or shapes that do not fit (named).
+        """
+        buildable = [n for n in (names or self.components) if self.kind(n) in self.builders]
         if not buildable:
             return
         try:

@@ -270,7 +270,7 @@ class Separator:
 
     @staticmethod
     def open_model(path: str | os.PathLike | None = None, component: str = "separator") -> ModelFolder:
-        """Resolve ``path`` as :meth:`from_pretrained` does and check it holds a separator; loads no weights.
+        """Resolve ``path`` as :meth:`from_pretrained` does and check it holds a valid separator; loads no weights.
 
         Raises:
             CheckpointError: the model is not found, malformed, or holds no ``query_unet`` ``component``.
@@ -285,6 +285,7 @@ class Separator:
             )
         if folder.kind(component) != "query_unet":
             raise CheckpointError(f"{folder.path}: component {component!r} is a {folder.kind(component)!r}, not a query_unet")
+        folder.check(component)  # its config against the header's shapes, before any query reads it
         return folder
 
     # ------------------------------------------------------------------ properties
