@@ -2,8 +2,11 @@
 
 A reader never sees a half-written file, an interrupted write leaves the destination as it was,
 and two writers never share a temporary name (each gets its own from :mod:`tempfile`).
-Temporary names are ``.<name>.<random>.part`` in the destination's folder (same file system,
-so the final :func:`os.replace` is atomic).
+Temporary names are ``.<name>.<pid>-<random>.part`` in the destination's folder (same file system,
+so the final :func:`os.replace` is atomic). A process killed with SIGKILL cannot remove its temporary;
+the next write of the same destination removes every temporary of it whose process is gone
+(:func:`clean_stale`). Results get the permissions a plain ``open()`` would give them under the
+user's umask; replacing an existing file keeps that file's permissions.
 
 Use :class:`AtomicPath` as a context manager (commit on success, clean up on error)::
 
@@ -15,12 +18,14 @@ that streams blocks). :func:`atomic_write_text` writes a whole text file in one 
 """
 from __future__ import annotations
 
+import errno
 import os
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 
-__all__ = ["AtomicPath", "atomic_write_text", "PART_SUFFIX"]
+__all__ = ["AtomicPath", "atomic_write_text", "clean_stale", "write_error_message", "PART_SUFFIX"]
 
 #: suffix of every temporary file or folder (``.gitignore`` lists it)
 PART_SUFFIX = ".part"
@@ -31,6 +36,72 @@ def _umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+#: below this many free bytes, a failed write is reported as a full disk (libsndfile only says "System error")
+FULL_DISK_BYTES = 1 << 20
+
+
+def write_error_message(path: str | os.PathLike, exc: BaseException, what: str = "cannot write") -> str:
+    """One line saying why writing ``path`` failed, in words a user can act on (full disk, permissions, ...).
+
+    Libraries that hide the errno (libsndfile says "System error.") are diagnosed from the folder: almost no
+    free space means a full disk, a folder this user cannot write means permissions.
+    """
+    path = Path(path)
+    folder = path.parent if str(path.parent) else Path(".")
+    code = getattr(exc, "errno", None)
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        free = None
+    if code in (errno.ENOSPC, errno.EDQUOT) or (free is not None and free < FULL_DISK_BYTES):
+        return f"{what} {path}: no space left on the device holding {folder} (free some space or write elsewhere)"
+    if code in (errno.EACCES, errno.EPERM) or isinstance(exc, PermissionError) or not os.access(folder, os.W_OK):
+        return f"{what} {path}: permission denied (folder {folder} is not writable by this user)"
+    if code == errno.EROFS:
+        return f"{what} {path}: the file system holding {folder} is read-only"
+    return f"{what} {path}: {getattr(exc, 'strerror', None) or exc}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def clean_stale(dest: str | os.PathLike) -> list[Path]:
+    """Remove the temporary files/folders of ``dest`` left by processes that no longer run; returns them.
+
+    Only names this module makes (``.<name>.<pid>-<random>.part``) are touched, and only when that pid is
+    not a live process. Never raises.
+    """
+    dest = Path(dest)
+    prefix = f".{dest.name}."
+    removed: list[Path] = []
+    try:
+        entries = list(os.scandir(dest.parent if str(dest.parent) else "."))
+    except OSError:
+        return removed
+    for e in entries:
+        if not (e.name.startswith(prefix) and e.name.endswith(PART_SUFFIX)):
+            continue
+        pid = e.name[len(prefix):].partition("-")[0]
+        if not pid.isdigit() or _pid_alive(int(pid)):
+            continue
+        try:
+            if e.is_dir(follow_symlinks=False):
+                shutil.rmtree(e.path)
+            else:
+                os.unlink(e.path)
+            removed.append(Path(e.path))
+        except OSError:
+            pass
+    return removed
 
 
 class AtomicPath:
@@ -59,15 +130,24 @@ class AtomicPath:
         if not folder.is_dir():
             raise FileNotFoundError(f"cannot write {self.dest}: folder {folder} does not exist")
         self._check_free()
-        prefix = f".{self.dest.name}."
+        clean_stale(self.dest)
+        prefix = f".{self.dest.name}.{os.getpid()}-"
         if directory:
             self.tmp: Path | None = Path(tempfile.mkdtemp(prefix=prefix, suffix=PART_SUFFIX, dir=folder))
         else:
             fd, name = tempfile.mkstemp(prefix=prefix, suffix=PART_SUFFIX, dir=folder)
             os.close(fd)
             self.tmp = Path(name)
-        # tempfile creates 0600 / 0700; the result should have the permissions a plain open() would give it
-        os.chmod(self.tmp, (0o777 if directory else 0o666) & ~_umask())
+        # tempfile creates 0600 / 0700; the result should have the permissions a plain open() would give it,
+        # or those of the file it replaces
+        mode = (0o777 if directory else 0o666) & ~_umask()
+        try:
+            old = os.stat(self.dest)
+            if stat.S_ISDIR(old.st_mode) == directory:
+                mode = stat.S_IMODE(old.st_mode)
+        except OSError:
+            pass
+        os.chmod(self.tmp, mode)
 
     def _check_free(self) -> None:
         if not self.overwrite and self.dest.exists():

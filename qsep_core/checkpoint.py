@@ -141,6 +141,10 @@ def save_model(
     return path
 
 
+#: model files whose components were checked in this process (path, file versions, components)
+_CHECKED: set[tuple] = set()
+
+
 class ModelFolder:
     """A qsep model folder (or single ``.safetensors`` file), opened for reading.
 
@@ -155,8 +159,14 @@ class ModelFolder:
         components: component name -> ``{"kind", "config"}``.
         metadata: free-form facts written at save time.
 
+    Opening validates ``config.json`` (UTF-8 JSON, typed component specs); :meth:`check` and :meth:`build`
+    validate a component before anything is allocated: the safetensors header (through the safetensors
+    library: offsets contiguous and in range) and the component's config (field types and ranges) against
+    the header's shapes, built on the meta device.
+
     Raises:
-        CheckpointError: the path is missing, not a qsep model, unreadable, or of a newer format version.
+        CheckpointError: the path is missing, not a qsep model, unreadable, of a newer format version, or
+            malformed (the message names the file, the component and the field).
     """
 
     def __init__(self, path: str | os.PathLike, builders: Mapping[str, Builder] | None = None):
@@ -171,16 +181,16 @@ class ModelFolder:
                 raise CheckpointError(f"{self.path} is not a qsep model folder: {CONFIG_NAME} is missing")
             if not self.weights_path.is_file():
                 raise CheckpointError(f"{self.path} is not a qsep model folder: {WEIGHTS_NAME} is missing")
-            try:
-                self.config = json.loads(cfg_path.read_text())
-            except json.JSONDecodeError as exc:
-                raise CheckpointError(f"{cfg_path} is not valid JSON: {exc}") from exc
+            self.config = _read_json(cfg_path)
         elif self.path.suffix == ".safetensors":
             self.weights_path = self.path
             meta = self._safe_metadata()
             if "qsep_config" not in meta:
                 raise CheckpointError(f"{self.path} carries no qsep_config metadata; it is not a qsep model file")
-            self.config = json.loads(meta["qsep_config"])
+            try:
+                self.config = json.loads(meta["qsep_config"])
+            except (json.JSONDecodeError, TypeError) as exc:
+                raise CheckpointError(f"{self.path}: its qsep_config metadata is not valid JSON ({exc})") from None
         else:
             raise CheckpointError(
                 f"{self.path} is neither a qsep model folder nor a .safetensors model file "
@@ -189,6 +199,33 @@ class ModelFolder:
         self._validate()
         self.components: dict[str, dict[str, Any]] = self.config["components"]
         self.metadata: dict[str, Any] = self.config.get("metadata", {})
+
+    def check(self, *names: str) -> None:
+        """Check components ``names`` (default: every one this reader can build) without allocating them: each
+        config builds on the meta device and fits the tensor shapes in the safetensors header. Checked once per
+        file version and process. (:meth:`build` always checks its component this way first.)
+
+        Raises:
+            CheckpointError: a config field of the wrong type or range, or shapes that do not fit (named).
+        """
+        buildable = [n for n in (names or self.components) if self.kind(n) in self.builders]
+        if not buildable:
+            return
+        try:
+            st = [p.stat() for p in {self.path / CONFIG_NAME if self.path.is_dir() else self.path, self.weights_path}]
+        except OSError as exc:
+            raise CheckpointError(f"cannot read {self.path}: {exc.strerror or exc}") from None
+        key = (str(self.path.resolve()), tuple((s.st_mtime_ns, s.st_size, s.st_ino) for s in st), tuple(buildable))
+        if key in _CHECKED:
+            return
+        with SafetensorsReader(self.weights_path) as f:
+            shapes = {k: f.shape(k) for k in f.keys()}
+        for name in buildable:
+            where, prefix = f"{self.path} [{name}]", f"{name}."
+            meta = _build_checked(self.kind(name), self.component_config(name), self.builders, where, meta=True)
+            given = {k[len(prefix):]: v for k, v in shapes.items() if k.startswith(prefix)}
+            check_fit({k: tuple(v.shape) for k, v in meta.state_dict().items()}, given, where)
+        _CHECKED.add(key)
 
     def _safe_metadata(self) -> dict[str, str]:
         try:
@@ -199,16 +236,41 @@ class ModelFolder:
 
     def _validate(self) -> None:
         c = self.config
+        where = self.path / CONFIG_NAME if self.path.is_dir() else self.path
+        if not isinstance(c, dict):
+            raise CheckpointError(f"{where}: expected a JSON object at the top level, got {type(c).__name__}")
         if c.get("format") != FORMAT:
             raise CheckpointError(f"{self.path}: not a qsep model (format {c.get('format')!r})")
         v = c.get("format_version")
-        if not isinstance(v, int) or v > FORMAT_VERSION:
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise CheckpointError(f"{where}: format_version must be a positive integer, got {v!r}")
+        if v > FORMAT_VERSION:
             raise CheckpointError(
                 f"{self.path}: model format version {v!r} is newer than this qsep understands "
                 f"({FORMAT_VERSION}); upgrade qsep"
             )
+        known = {"format", "format_version", "qsep_version", "components", "metadata"}
+        unknown = sorted(set(c) - known)
+        if unknown:
+            raise CheckpointError(f"{where}: unknown field(s) {unknown}; a qsep model config has {sorted(known)}")
         if not isinstance(c.get("components"), dict) or not c["components"]:
-            raise CheckpointError(f"{self.path}: config has no components")
+            raise CheckpointError(f"{where}: config has no components (expected an object name -> {{kind, config}})")
+        for name, spec in c["components"].items():
+            if not name or "." in name:
+                raise CheckpointError(f"{where}: invalid component name {name!r}")
+            if not isinstance(spec, dict):
+                raise CheckpointError(f"{where}: component {name!r} must be an object with kind and config, "
+                                      f"got {type(spec).__name__}")
+            extra = sorted(set(spec) - {"kind", "config"})
+            if extra:
+                raise CheckpointError(f"{where}: component {name!r} has unknown field(s) {extra}; expected kind, config")
+            if not isinstance(spec.get("kind"), str) or not spec["kind"]:
+                raise CheckpointError(f"{where}: component {name!r} has no kind (a string naming its builder)")
+            if not isinstance(spec.get("config", None), dict):
+                raise CheckpointError(f"{where}: component {name!r} needs a config object, got "
+                                      f"{type(spec.get('config')).__name__}")
+        if not isinstance(c.get("metadata", {}), dict):
+            raise CheckpointError(f"{where}: metadata must be an object, got {type(c['metadata']).__name__}")
 
     def has(self, name: str) -> bool:
         return name in self.components
@@ -248,13 +310,18 @@ class ModelFolder:
             CheckpointError: no component ``name``, no builder for its kind, or weights that do not
                 fit the built module (missing, unexpected and mis-shaped keys named).
         """
-        module = build_component(self.kind(name), self.component_config(name), self.builders)
+        kind, config, where = self.kind(name), self.component_config(name), f"{self.path} [{name}]"
         prefix = f"{name}."
         with SafetensorsReader(self.weights_path) as f:
             keys = {k[len(prefix):]: k for k in f.keys() if k.startswith(prefix)}
+            given = {k: f.shape(full) for k, full in keys.items()}
+            # the config is checked against the file's shapes on the meta device (nothing allocated), so a
+            # config that does not fit its weights (n_fft 1e9, huge channel lists) fails before any memory goes
+            meta = _build_checked(kind, config, self.builders, where, meta=True)
+            check_fit({k: tuple(v.shape) for k, v in meta.state_dict().items()}, given, where)
+            del meta
+            module = _build_checked(kind, config, self.builders, where)
             own = module.state_dict()
-            check_fit({k: tuple(v.shape) for k, v in own.items()}, {k: f.shape(full) for k, full in keys.items()},
-                      f"{self.path} [{name}]")
             with torch.no_grad():
                 for k, full in keys.items():
                     own[k].copy_(f.get_tensor(full))
@@ -282,6 +349,13 @@ class SafetensorsReader:
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
+        # the safetensors library validates the header first (types, dtypes, shapes, offsets contiguous,
+        # in range and not overlapping); only a header it accepts is then read here
+        try:
+            with safe_open(str(self.path), framework="pt") as f:
+                names = set(f.keys())
+        except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types
+            raise CheckpointError(f"cannot read {self.path}: not a valid safetensors file ({exc})") from None
         try:
             self._file = self.path.open("rb")
             size = self.path.stat().st_size
@@ -289,18 +363,28 @@ class SafetensorsReader:
             if size < 8 or n <= 0 or 8 + n > size:
                 raise ValueError("bad header length")
             header = json.loads(self._file.read(n))
+            if not isinstance(header, dict):
+                raise ValueError("the header is not a JSON object")
         except (OSError, ValueError) as exc:
             if hasattr(self, "_file"):
                 self._file.close()
-            raise CheckpointError(f"cannot read {self.path}: not a valid safetensors file ({exc})") from exc
+            raise CheckpointError(f"cannot read {self.path}: not a valid safetensors file ({exc})") from None
         self._data = 8 + n
         header.pop("__metadata__", None)
         self._entries: dict[str, dict[str, Any]] = header
+        if set(header) != names:
+            self._file.close()
+            raise CheckpointError(f"cannot read {self.path}: its header lists tensors safetensors does not")
         for key, e in header.items():
-            begin, end = e.get("data_offsets", (0, -1))
-            dtype = _DTYPES.get(e.get("dtype"))
-            expected = None if dtype is None else _numel(e.get("shape", [])) * torch.empty((), dtype=dtype).element_size()
-            if expected is None or end - begin != expected or self._data + end > size:
+            ok = isinstance(e, dict) and isinstance(e.get("data_offsets"), list) and len(e["data_offsets"]) == 2
+            begin, end = e["data_offsets"] if ok else (0, -1)
+            dtype = _DTYPES.get(e.get("dtype")) if ok else None
+            shape = e.get("shape") if ok else None
+            ok = ok and dtype is not None and isinstance(shape, list) and all(
+                isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+            ) and all(isinstance(o, int) and not isinstance(o, bool) for o in (begin, end)) and 0 <= begin <= end
+            expected = _numel(shape) * torch.empty((), dtype=dtype).element_size() if ok else None
+            if not ok or end - begin != expected or self._data + end > size:
                 self._file.close()
                 raise CheckpointError(f"cannot read {self.path}: tensor {key!r} has a bad entry {e}")
 
@@ -333,6 +417,35 @@ def _numel(shape: list[int]) -> int:
     for d in shape:
         n *= int(d)
     return n
+
+
+def _read_json(path: Path) -> Any:
+    """``path`` parsed as UTF-8 JSON, or a :class:`CheckpointError` saying what is wrong with it."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise CheckpointError(f"cannot read {path}: {exc.strerror or exc}") from None
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise CheckpointError(f"{path} is not UTF-8 text (byte {exc.start}); it is not a qsep model config") from None
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{path} is not valid JSON: {exc}") from None
+
+
+def _build_checked(kind: str, config: Mapping[str, Any], builders: Mapping[str, Builder], where: str,
+                   meta: bool = False) -> torch.nn.Module:
+    """:func:`build_component`, with any failure of the builder on this config as a :class:`CheckpointError`."""
+    try:
+        if meta:
+            with torch.device("meta"):
+                return build_component(kind, config, builders)
+        return build_component(kind, config, builders)
+    except CheckpointError:
+        raise
+    except (ValueError, TypeError, KeyError, AttributeError, ArithmeticError, IndexError, RuntimeError,
+            NotImplementedError) as exc:
+        raise CheckpointError(f"{where}: the {kind!r} config is invalid: {type(exc).__name__}: {exc}") from None
 
 
 def build_component(kind: str, config: Mapping[str, Any], builders: Mapping[str, Builder]) -> torch.nn.Module:

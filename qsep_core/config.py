@@ -21,7 +21,7 @@ import yaml
 
 __all__ = [
     "ConfigError", "to_dict", "from_dict", "override", "load_yaml", "from_yaml", "nested_overrides", "load_config",
-    "upgrade_fields", "PRESET_DIR", "preset_names", "resolve_config",
+    "upgrade_fields", "check_positive", "PRESET_DIR", "preset_names", "resolve_config",
 ]
 
 #: the YAML presets shipped with the package
@@ -52,18 +52,41 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 
 
 def _coerce(tp: Any, value: Any, where: str) -> Any:
+    """``value`` as the field type ``tp`` wants it; a value of the wrong kind is a :class:`ConfigError` naming it."""
     origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        rest = [a for a in args if a is not type(None)]
+        if len(rest) == 1:
+            return _coerce(rest[0], value, where)
     if dataclasses.is_dataclass(tp) and isinstance(value, Mapping):
         return from_dict(tp, value, _where=where)
+    if origin in (tuple, list) and not isinstance(value, (list, tuple)):
+        raise ConfigError(f"{where}: expected a list, got {type(value).__name__} {value!r}")
     if origin is tuple and isinstance(value, (list, tuple)):
-        args = typing.get_args(tp)
         if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_coerce(args[0], v, where) for v in value)
+            return tuple(_coerce(args[0], v, f"{where}[{i}]") for i, v in enumerate(value))
         return tuple(value)
     if origin is list and isinstance(value, (list, tuple)):
-        return list(value)
-    numeric = tp is float or (origin in (typing.Union, types.UnionType) and float in typing.get_args(tp))
-    if numeric and isinstance(value, int) and not isinstance(value, bool):
+        return [_coerce(args[0], v, f"{where}[{i}]") for i, v in enumerate(value)] if len(args) == 1 else list(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected an integer, got {type(value).__name__} {value!r}")
+        if isinstance(value, float):
+            if not value.is_integer():
+                raise ConfigError(f"{where}: expected an integer, got {value!r}")
+            return int(value)
+        return value
+    if tp is bool and not isinstance(value, bool):
+        raise ConfigError(f"{where}: expected true or false, got {type(value).__name__} {value!r}")
+    if tp is str and not isinstance(value, str):
+        raise ConfigError(f"{where}: expected a string, got {type(value).__name__} {value!r}")
+    numeric = tp is float or (origin in (typing.Union, types.UnionType) and float in args)
+    if numeric and isinstance(value, bool):
+        raise ConfigError(f"{where}: expected a number, got {value!r}")
+    if numeric and isinstance(value, int):
         return float(value)
     if numeric and isinstance(value, str):
         # YAML 1.1 reads "1e-3" (no dot) as a string; accept it as the number it is meant to be
@@ -71,7 +94,17 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
             return float(value)
         except ValueError:
             raise ConfigError(f"{where}: expected a number, got {value!r}") from None
+    if tp is float and not isinstance(value, float):
+        raise ConfigError(f"{where}: expected a number, got {type(value).__name__} {value!r}")
     return value
+
+
+def check_positive(cfg: Any, *names: str) -> None:
+    """Raise :class:`ConfigError` unless every field in ``names`` of dataclass ``cfg`` is a number > 0."""
+    for name in names:
+        v = getattr(cfg, name)
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not v > 0:
+            raise ConfigError(f"{type(cfg).__name__}.{name} must be > 0, got {v!r}")
 
 
 def upgrade_fields(cls: Any, data: Mapping[str, Any]) -> dict[str, Any]:

@@ -43,7 +43,11 @@ def search_path() -> list[Path]:
 
 
 def _is_model(p: Path) -> bool:
-    return (p.is_dir() and (p / "config.json").is_file()) or (p.is_file() and p.suffix == ".safetensors")
+    """Whether ``p`` looks like a model; an unreadable place (e.g. a cache folder of another user) is not one."""
+    try:
+        return (p.is_dir() and (p / "config.json").is_file()) or (p.is_file() and p.suffix == ".safetensors")
+    except OSError:
+        return False
 
 
 def _from_hub(repo: str) -> Path:
@@ -122,9 +126,13 @@ def describe_model(path: Path, name: str | None = None) -> ModelEntry:
     """Facts about the model at ``path`` (never raises: problems go into ``error``)."""
     name = name or model_display_name(path)
     try:
-        folder = ModelFolder(path)
-    except (CheckpointError, OSError) as exc:
-        return ModelEntry(name, path, [], None, 0.0, None, error=str(exc))
+        return _describe(path, name)
+    except (CheckpointError, OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
+        return ModelEntry(name, path, [], None, 0.0, None, error=str(exc) or type(exc).__name__)
+
+
+def _describe(path: Path, name: str) -> ModelEntry:
+    folder = ModelFolder(path)
     kinds = {spec.get("kind") for spec in folder.components.values()}
     types = []
     if "text_projection" in kinds:

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from qsep_core.config import ConfigError, from_dict, override
+from qsep_core.config import ConfigError, check_positive, from_dict, override
 from qsep_core.constants import HOP_LENGTH, SAMPLE_RATE, WIN_LENGTH
 from qsep_core.dsp import StftConfig
 
@@ -164,6 +164,8 @@ class HTSATConfig:
         Raises:
             ConfigError: naming the first inconsistent setting and its value.
         """
+        check_positive(self, "sample_rate", "n_fft", "win_length", "hop_length", "n_mels", "clip_samples", "spec_size",
+                       "freq_ratio", "patch_size", "patch_stride", "embed_dim", "window_size")
         if len(self.depths) != len(self.num_heads):
             raise ConfigError(f"depths {self.depths} and num_heads {self.num_heads} differ in length")
         if self.spec_size % self.freq_ratio or self.spec_size // self.freq_ratio != self.n_mels:

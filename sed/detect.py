@@ -15,7 +15,14 @@ import torch
 
 from sed.htsat import HTSAT
 
-__all__ = ["Event", "Detection", "events_from_framewise", "detect_wave", "detect_file", "class_label", "plot_detection"]
+__all__ = [
+    "Event", "Detection", "events_from_framewise", "detect_wave", "detect_file", "class_label", "plot_detection",
+    "MIN_DETECT_SECONDS",
+]
+
+#: shortest input :func:`detect_wave` accepts (10 HTS-AT frames): a shorter one would be tiled into a
+#: 10-s clip of a few repeated samples, and its "events" would mean nothing
+MIN_DETECT_SECONDS = 0.1
 
 
 @dataclass(frozen=True)
@@ -91,6 +98,8 @@ def events_from_framewise(
             while j < len(active) and active[j]:
                 j += 1
             conf = float(col[s:j].max())
+            if min(ends[j - 1], duration) <= times[s]:
+                continue  # a run that starts at or after the end of the signal covers no audio
             events.append(Event(class_label(k, class_names), int(k), round(times[s], 3),
                                 round(min(ends[j - 1], duration), 3), round(conf, 4)))
     return sorted(events, key=lambda e: (e.start, e.label))
@@ -109,6 +118,10 @@ def detect_wave(
     Args:
         wave: ``(samples,)`` at ``model.cfg.sample_rate``.
         top_k: only the ``top_k`` classes with the highest clip-wise probability (None: all).
+
+    Raises:
+        ValueError: a malformed argument, a signal shorter than :data:`MIN_DETECT_SECONDS`, or a model output
+            that is not finite (the message gives the input's peak).
     """
     cfg = model.cfg
     if wave.dim() != 1:
@@ -117,10 +130,18 @@ def detect_wave(
         raise ValueError(f"threshold must be in (0, 1), got {threshold}")
     if top_k is not None and top_k < 1:
         raise ValueError(f"top_k must be >= 1, got {top_k}")
+    if wave.shape[-1] < MIN_DETECT_SECONDS * cfg.sample_rate:
+        raise ValueError(f"{path or 'the signal'} is {wave.shape[-1] / cfg.sample_rate * 1000:.1f} ms long; detection "
+                         f"needs at least {MIN_DETECT_SECONDS * 1000:.0f} ms of audio")
     device = next(model.parameters()).device
     out = model(wave[None].to(device), tile=False)
     clip = out["clipwise"][0].cpu()
     frame = out["framewise"][0].cpu()
+    if not (bool(torch.isfinite(clip).all()) and bool(torch.isfinite(frame).all())):
+        peak = float(wave.abs().max())
+        why = (f"the input peaks at {peak:.3g}, far beyond full scale (1.0): scale it down" if peak > 1e3
+               else f"the input is finite (peak {peak:.3g}): the model is broken")
+        raise ValueError(f"{path or 'the signal'}: the detector's scores overflowed to NaN/inf; {why}")
     times = out["frame_times"].cpu()
     k = cfg.num_classes if top_k is None else min(top_k, cfg.num_classes)
     top = torch.topk(clip, k).indices.tolist()
@@ -137,6 +158,7 @@ def detect_file(model: HTSAT, path: str | os.PathLike, threshold: float = 0.5, t
 
     Raises:
         qsep_core.audio.AudioError: the file is missing, unreadable, empty or not finite.
+        ValueError: as :func:`detect_wave` (too short, scores not finite).
     """
     from qsep_core.audio import load
 

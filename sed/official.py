@@ -67,13 +67,26 @@ def read_official_checkpoint(path: str | os.PathLike, trust_pickle: bool = False
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        # weights_only refuses a file for two reasons: it names Python objects beyond tensors (a real
+        # checkpoint that needs full unpickling), or it is not a pickle at all (random bytes, a truncated
+        # or foreign file). Only the first is helped by --trust-pickle.
+        if "Unsupported global" not in str(exc):
+            raise OfficialCheckpointError(
+                f"cannot read {path} as a PyTorch checkpoint: the file is corrupt, truncated or not a "
+                f"checkpoint ({_last_line(exc)}); re-download it"
+            ) from None
         if not trust_pickle:
             raise OfficialCheckpointError(
                 f"{path} cannot be read safely: it contains Python objects beyond tensors, and loading them "
                 "means running pickle, which can execute arbitrary code from the file. Only if you trust where "
-                f"this file comes from, re-run with --trust-pickle (trust_pickle=True). Details: {exc}"
-            ) from exc
-        obj = torch.load(path, map_location="cpu", weights_only=False)
+                f"this file comes from, re-run with --trust-pickle (trust_pickle=True). Details: {_last_line(exc)}"
+            ) from None
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as exc2:  # noqa: BLE001 - any failure of full unpickling is a bad file
+            raise OfficialCheckpointError(
+                f"cannot read {path} even with --trust-pickle: {type(exc2).__name__}: {exc2}"
+            ) from exc2
     except Exception as exc:  # truncated file, not a torch file at all...
         raise OfficialCheckpointError(f"cannot read {path} as a PyTorch checkpoint: {exc}") from exc
     if isinstance(obj, Mapping) and "state_dict" in obj:
@@ -84,6 +97,13 @@ def read_official_checkpoint(path: str | os.PathLike, trust_pickle: bool = False
     if bad:
         raise OfficialCheckpointError(f"{path}: state_dict entries that are not tensors: {bad[:10]}")
     return dict(obj)
+
+
+def _last_line(exc: BaseException) -> str:
+    """The informative line of torch's long unpickling messages (the one naming the operand or global)."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    named = [ln for ln in lines if ln.startswith(("Unsupported", "WeightsUnpickler"))]
+    return (named or lines or [type(exc).__name__])[-1][:300]
 
 
 def _check_close(name: str, got: torch.Tensor, want: torch.Tensor, what: str) -> None:

@@ -47,8 +47,59 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Separator", "SeparationResult", "DEFAULT_SEGMENT", "DEFAULT_OVERLAP", "DEFAULT_BATCH_SIZE",
-    "DEFAULT_FILENAME", "resolve_device", "check_bf16", "slugify", "output_path",
+    "DEFAULT_FILENAME", "resolve_device", "check_bf16", "slugify", "output_path", "track_name", "track_names",
+    "check_chunking", "MAX_OVERLAP", "SeparationOverflowError",
 ]
+
+#: largest chunk overlap accepted: at 0.9 every sample already runs through the model 10 times
+MAX_OVERLAP = 0.9
+
+
+class SeparationOverflowError(audio_io.AudioError):
+    """The separator produced NaN/inf from a finite input (an input far beyond full scale, or a broken model)."""
+
+
+def check_chunking(segment: float | None = None, overlap: float | None = None, batch_size: int | None = None) -> list[str]:
+    """Check chunking settings; returns warnings (empty when all is well).
+
+    Raises:
+        ValueError: a segment or batch size that is not positive, or an overlap outside ``[0, MAX_OVERLAP]``
+            (the message says what it would cost).
+    """
+    warnings: list[str] = []
+    if segment is not None and not float(segment) > 0:
+        raise ValueError(f"segment must be > 0 seconds, got {segment}")
+    if batch_size is not None and int(batch_size) < 1:
+        raise ValueError(f"batch size must be >= 1, got {batch_size}")
+    if overlap is not None:
+        ov = float(overlap)
+        if not 0.0 <= ov <= MAX_OVERLAP:
+            cost = f" (every sample would run through the model {1 / (1 - ov):.0f} times)" if MAX_OVERLAP < ov < 1 else ""
+            raise ValueError(f"overlap must be in [0, {MAX_OVERLAP}], got {overlap}{cost}; the default is {DEFAULT_OVERLAP}")
+        if ov == 0.0:
+            warnings.append("overlap 0: chunks are butted without a cross-fade, so their seams can click; "
+                            f"use at least {DEFAULT_OVERLAP} for clean output")
+    return warnings
+
+
+def track_name(path: str | os.PathLike) -> str:
+    """The ``{track}`` of an input: its file stem, or a file-safe version when the stem is only dots (``...wav``)."""
+    stem = Path(path).stem
+    return stem if stem.strip(". ") else slugify(Path(path).name)
+
+
+def track_names(paths: Sequence[str | os.PathLike]) -> list[str]:
+    """:func:`track_name` of each input, made unique: a second ``song.wav`` (in another folder) is ``song_2``."""
+    out: list[str] = []
+    used: set[str] = set()
+    for p in paths:
+        base = track_name(p)
+        name, i = base, 2
+        while name.lower() in used:  # case-insensitive: outputs may land on a case-insensitive file system
+            name, i = f"{base}_{i}", i + 1
+        used.add(name.lower())
+        out.append(name)
+    return out
 
 Progress = Callable[[int, int], None]
 
@@ -113,6 +164,34 @@ def output_path(out_dir: str | os.PathLike, template: str, track: str, query: st
     return Path(out_dir) / rel_path
 
 
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether ``a`` and ``b`` name one file (same path after resolving links, or hard links to one inode)."""
+    try:
+        if a.resolve() == b.resolve():
+            return True
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _make_folders(folder: Path) -> list[Path]:
+    """``mkdir -p folder``; returns the folders it created, outermost first.
+
+    Raises:
+        qsep_core.audio.AudioWriteError: a folder cannot be made (permissions, a file in the way, ...).
+    """
+    missing: list[Path] = []
+    p = folder
+    while not p.exists() and p != p.parent:
+        missing.append(p)
+        p = p.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise audio_io.AudioWriteError(f"cannot make the output folder {folder}: {exc.strerror or exc}") from None
+    return list(reversed(missing))
+
+
 @dataclass
 class SeparationResult:
     """Target and residual shaped like the input, at the input's sample rate."""
@@ -157,6 +236,7 @@ class Separator:
         self.device = resolve_device(device)
         self._query_encoder: Any = None
         self.model.to(self.device)
+        check_chunking(segment, overlap, batch_size)
         self.segment = float(segment)
         self.overlap = float(overlap)
         self.batch_size = int(batch_size)
@@ -193,7 +273,7 @@ class Separator:
 
     @staticmethod
     def open_model(path: str | os.PathLike | None = None, component: str = "separator") -> ModelFolder:
-        """Resolve ``path`` as :meth:`from_pretrained` does and check it holds a separator; loads no weights.
+        """Resolve ``path`` as :meth:`from_pretrained` does and check it holds a valid separator; loads no weights.
 
         Raises:
             CheckpointError: the model is not found, malformed, or holds no ``query_unet`` ``component``.
@@ -208,6 +288,7 @@ class Separator:
             )
         if folder.kind(component) != "query_unet":
             raise CheckpointError(f"{folder.path}: component {component!r} is a {folder.kind(component)!r}, not a query_unet")
+        folder.check(component)  # its config against the header's shapes, before any query reads it
         return folder
 
     # ------------------------------------------------------------------ properties
@@ -353,16 +434,20 @@ class Separator:
         format: str = "wav",
         bit_depth: str = "16",
         overwrite: bool = False,
+        track: str | None = None,
         **chunking: Any,
     ) -> dict[str, Any]:
         """Separate a file, streaming it from and to disk; outputs keep its rate and channel count.
 
         Returns ``{"target": Path, "residual": Path | None, "writers": {...}, "query": ConditionResult | None}``.
         The writers' ``clipped``/``peak`` tell whether integer output had to clip (use ``bit_depth="32f"``
-        to keep overs). Existing outputs are never replaced unless ``overwrite``.
+        to keep overs). Existing outputs are never replaced unless ``overwrite``, and an output that would
+        land on the input itself is always refused. ``track`` is the ``{track}`` of the output names (default
+        :func:`track_name`); folders made for the outputs are removed again if the separation fails.
 
         Raises:
-            qsep_core.audio.AudioWriteError: an output exists (without ``overwrite``) or cannot be written.
+            qsep_core.audio.AudioWriteError: an output exists (without ``overwrite``), is the input, or cannot be
+                written.
             qsep_core.audio.AudioError: the input cannot be read.
             ValueError, separator.query.QueryError: as :meth:`separate`.
         """
@@ -370,18 +455,32 @@ class Separator:
         if name is None:
             name = result.query.short_name() if result is not None else "condition"
         ext = format.lower().lstrip(".")
-        track = Path(path).stem
+        track = track_name(path) if track is None else track
         target_path = output_path(out_dir, filename, track, slugify(name), ext, model=self.model_name)
         residual_path = (output_path(out_dir, filename, track, RESIDUAL_PREFIX + slugify(name), ext, model=self.model_name)
                          if residual else None)
-        for p in (target_path, residual_path):
-            if p is None:
-                continue
+        outputs = [p for p in (target_path, residual_path) if p is not None]
+        for p in outputs:
+            if _same_file(p, Path(path)):
+                raise audio_io.AudioWriteError(
+                    f"output {p} is the input file itself; refusing to replace an input with its separation "
+                    "(choose another -o or --filename)"
+                )
             if p.exists() and not overwrite:
                 raise audio_io.AudioWriteError(f"{p} exists; refusing to overwrite it (pass overwrite=True / --overwrite)")
-            p.parent.mkdir(parents=True, exist_ok=True)
-        writers = self.separate_file_condition(path, target_path, residual_path, vec, bit_depth=bit_depth,
-                                               overwrite=overwrite, **chunking)
+        made: list[Path] = []
+        try:
+            for p in outputs:
+                made += _make_folders(p.parent)
+            writers = self.separate_file_condition(path, target_path, residual_path, vec, bit_depth=bit_depth,
+                                                   overwrite=overwrite, **chunking)
+        except BaseException:
+            for folder in reversed(made):  # only the folders made here, and only while empty
+                try:
+                    folder.rmdir()
+                except OSError:
+                    pass
+            raise
         return {"target": target_path, "residual": residual_path, "writers": writers, "query": result}
 
     # ------------------------------------------------------------------ core
@@ -418,7 +517,13 @@ class Separator:
             if y.shape[-1] < length:
                 y = torch.nn.functional.pad(y, (0, length - y.shape[-1]))
             target = y.reshape(n, channels, length)
-            return torch.stack([target, x.to(target.device, torch.float32) - target], dim=1)  # (n, 2, C, L)
+            out = torch.stack([target, x.to(target.device, torch.float32) - target], dim=1)  # (n, 2, C, L)
+            if not bool(torch.isfinite(out).all()):
+                peak = float(x.abs().max())
+                why = (f"the input peaks at {peak:.3g}, far beyond full scale (1.0): scale it down"
+                       if peak > 1e3 else f"the input is finite (peak {peak:.3g}): the model is broken")
+                raise SeparationOverflowError(f"the separation overflowed to NaN/inf; {why}")
+            return out
 
         return fn
 
@@ -428,8 +533,7 @@ class Separator:
         seg = self.segment if segment is None else float(segment)
         ov = self.overlap if overlap is None else float(overlap)
         bs = self.batch_size if batch_size is None else int(batch_size)
-        if seg <= 0:
-            raise ValueError(f"segment must be > 0 seconds, got {seg}")
+        check_chunking(seg, ov, bs)
         config = getattr(self.model, "config", None)
         if not (self.snap_segment and hasattr(config, "padding_free_length")):
             return max(1, int(round(seg * sample_rate))), ov, bs
@@ -527,7 +631,8 @@ class Separator:
         with audio_io.AudioReader(in_path) as reader:
             rate, channels = reader.sample_rate, reader.channels
             writers = {
-                name: audio_io.AudioWriter(path, rate, channels, bit_depth=bit_depth, overwrite=overwrite)
+                name: audio_io.AudioWriter(path, rate, channels, bit_depth=bit_depth, overwrite=overwrite,
+                                           tag=audio_io.OUTPUT_SOFTWARE_TAG)
                 for name, path in (("target", out_path_target), ("residual", out_path_residual)) if path is not None
             }
             seg, ov, bs = self._chunking(rate, reader.frames, segment, overlap, batch_size)

@@ -2,19 +2,22 @@
 
 Each query is encoded once and reused for every input; each (input, query) pair is streamed from disk to
 disk by :meth:`separator.api.Separator.separate_file`. A failing input (unreadable, corrupt, existing
-output) is recorded and the others go on.
+output) is recorded and the others go on. Inputs with the same stem (``a/song.wav``, ``b/song.wav``) get
+distinct ``{track}`` names (``song``, ``song_2``), so one never writes over another's outputs. An
+interrupt (Ctrl-C, SIGTERM) stops every running pair at its next chunk; their temporary files are removed.
 """
 from __future__ import annotations
 
 import contextlib
 import os
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from separator.api import DEFAULT_FILENAME, Separator, output_path, slugify
+from separator.api import DEFAULT_FILENAME, Separator, output_path, slugify, track_names
 
 __all__ = ["SeparationJob", "JobResult", "plan_queries", "run_jobs"]
 
@@ -36,6 +39,10 @@ class SeparationJob:
 
         check_output_format(self.fmt, self.bit_depth)
         output_path(self.out_dir, self.filename, "track", "query", self.fmt)
+
+
+class Cancelled(Exception):
+    """The batch was interrupted; raised inside a running pair at its next chunk."""
 
 
 @dataclass
@@ -86,24 +93,30 @@ def plan_queries(
     return out
 
 
-def _one(sep: Separator, path: Path, name: str, condition: Any, job: SeparationJob, progress: Any) -> JobResult:
+def _one(sep: Separator, path: Path, name: str, condition: Any, job: SeparationJob, progress: Any,
+         track: str | None = None, cancel: threading.Event | None = None) -> JobResult:
     from qsep_core import audio
 
     res = JobResult(path, name)
+    task = None
+    if cancel is not None and cancel.is_set():
+        res.error = "not started: interrupted"
+        return res
     try:
         res.duration = audio.info(path).duration
-        task = None
         if progress is not None:
             task = progress.add_task(f"{path.name} [{name}]", total=None)
 
         def tick(done: int, total: int) -> None:
+            if cancel is not None and cancel.is_set():
+                raise Cancelled("interrupted")
             if progress is not None:
                 progress.update(task, completed=done, total=total)
 
         t0 = time.perf_counter()
         out = sep.separate_file(path, job.out_dir, condition=condition.condition, name=name, filename=job.filename,
                                 residual=job.residual, format=job.fmt, bit_depth=job.bit_depth,
-                                overwrite=job.overwrite, progress=tick)
+                                overwrite=job.overwrite, progress=tick, track=track)
         res.seconds = time.perf_counter() - t0
         res.target_path, res.residual_path = out["target"], out["residual"]
         res.clipped = sum(w.clipped for w in out["writers"].values())
@@ -111,7 +124,9 @@ def _one(sep: Separator, path: Path, name: str, condition: Any, job: SeparationJ
         if progress is not None:
             progress.remove_task(task)
     except Exception as exc:  # every failure of one input is reported, the rest go on
-        res.error = f"{type(exc).__name__}: {exc}"
+        res.error = str(exc) if isinstance(exc, (audio.AudioError, Cancelled)) else f"{type(exc).__name__}: {exc}"
+        if progress is not None and task is not None:
+            progress.remove_task(task)
     return res
 
 
@@ -128,7 +143,9 @@ def run_jobs(
     ``jobs`` pairs run in parallel threads (the model is shared; torch releases the GIL). With a rich
     ``console``, shows an overall bar and one bar per running pair (chunks done / total).
     """
-    pairs = [(Path(f), name, cond) for f in files for name, cond in conditions.items()]
+    tracks = track_names(files)
+    pairs = [(Path(f), name, cond, track) for f, track in zip(files, tracks) for name, cond in conditions.items()]
+    cancel = threading.Event()
     progress = None
     if console is not None:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -139,8 +156,8 @@ def run_jobs(
     with progress if progress is not None else contextlib.nullcontext():
         overall = progress.add_task("all", total=len(pairs)) if progress is not None else None
 
-        def work(pair: tuple[Path, str, Any]) -> JobResult:
-            r = _one(sep, pair[0], pair[1], pair[2], job, progress)
+        def work(pair: tuple[Path, str, Any, str]) -> JobResult:
+            r = _one(sep, pair[0], pair[1], pair[2], job, progress, track=pair[3], cancel=cancel)
             if progress is not None:
                 progress.advance(overall)
             return r
@@ -148,7 +165,15 @@ def run_jobs(
         if jobs <= 1:
             results = [work(p) for p in pairs]
         else:
-            with ThreadPoolExecutor(max_workers=jobs) as pool:
+            pool = ThreadPoolExecutor(max_workers=jobs)
+            try:
                 results = list(pool.map(work, pairs))
+            except BaseException:
+                # Ctrl-C / SIGTERM reach the main thread only: stop the workers at their next chunk and
+                # wait, so each removes its temporary files before the process exits
+                cancel.set()
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise
+            pool.shutdown(wait=True)
     return results
 

@@ -54,7 +54,9 @@ def plural(n: int, word: str) -> str:
 
 def fail(message: str, code: int = 1) -> NoReturn:
     """Print an error a user can act on and exit with ``code``."""
-    console.print(f"[bold red]error:[/] {message}", highlight=False)
+    from rich.markup import escape
+
+    console.print(f"[bold red]error:[/] {escape(str(message))}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -109,7 +111,14 @@ def separate(
         fail(f"--format must be wav or flac, got {fmt!r}")
     if not 0 < jobs <= 64:
         fail(f"--jobs must be between 1 and 64, got {jobs}")
+    from separator.api import check_chunking
     from separator.query.errors import QueryError
+
+    try:
+        for warning in check_chunking(segment, overlap, batch_size):
+            console.print(f"[yellow]warning:[/] {warning}", highlight=False)
+    except ValueError as exc:
+        fail(f"--segment/--overlap/--batch-size: {exc}")
 
     try:
         queries = plan_queries(text, query_audio, label, embedding, negative)
@@ -119,7 +128,11 @@ def separate(
         fail("empty query: give at least one --text, --query-audio, --label or --embedding")
     from qsep_core import audio as audio_io
 
-    files, problems = audio_io.collect_audio_files(inputs)
+    skipped: list = []
+    files, problems = audio_io.collect_audio_files(inputs, skipped=skipped)
+    if skipped:
+        console.print(f"skipped {len(skipped)} file(s) in the input folders that qsep wrote (earlier outputs, e.g. "
+                      f"{skipped[0]}); name such a file explicitly to separate it", highlight=False)
     for msg in problems:
         console.print(f"[bold red]error:[/] {msg}", highlight=False)
     if not files:
@@ -255,7 +268,7 @@ def detect(
     for f in files:
         try:
             det = detect_file(detector, f, threshold=threshold, top_k=top_k)
-        except AudioError as exc:
+        except (AudioError, ValueError) as exc:
             console.print(f"[bold red]error:[/] {f}: {exc}", highlight=False)
             failed.append(str(f))
             continue
@@ -275,7 +288,7 @@ def detect(
             for e in det.events:
                 typer.echo(f"  {e.label:<32} {e.start:9.3f} {e.end:9.3f}  {e.confidence:.3f}")
     if json_out:
-        typer.echo(json.dumps([d.to_json() for d in results], indent=2))
+        typer.echo(json.dumps([d.to_json() for d in results], indent=2, allow_nan=False))
     if failed:
         fail(f"{len(failed)} of {len(files)} file(s) could not be read: {', '.join(failed)}")
 
@@ -327,7 +340,7 @@ def embed(
                    else QueryEncoder())
         result = encoder.encode(query)
         path = save_condition(out, result, encoder, overwrite=overwrite)
-    except (QueryError, AudioError, CheckpointError, ConfigError) as exc:
+    except (QueryError, AudioError, CheckpointError, ConfigError, OSError) as exc:
         fail(str(exc))
     for line in result.report_lines(verbose=verbose):
         console.print(line, highlight=False, markup=False, soft_wrap=True)
@@ -698,6 +711,8 @@ def evaluate_musdb(
     except (FfmpegNotFoundError, CheckpointError, OSError, ValueError, KeyError, ImportError) as err:
         fail(str(err))
     typer.echo(ev.summary_markdown(summary))
+    for f in summary.get("failed", []):
+        console.print(f"not scored: {f['track']} ({f['method']}): {f['error']}", highlight=False, markup=False)
     console.print(f"results in {out} (summary.json, summary.md)")
 
 
@@ -767,14 +782,42 @@ for _importer in IMPORTERS:
     _add_import_command(_importer)
 
 
+class _Signalled(KeyboardInterrupt):
+    """SIGINT / SIGTERM / SIGHUP as an interrupt, so every open output is cleaned up as for Ctrl-C."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+_SIGNALLED: list[int] = []
+
+
+def _on_signal(signum, frame) -> None:  # noqa: ARG001 - signal handler signature
+    _SIGNALLED.append(signum)
+    raise _Signalled(signum)
+
+
 def main() -> None:
-    """Console entry point (``qsep``)."""
+    """Console entry point (``qsep``).
+
+    Ctrl-C, SIGTERM and SIGHUP stop the command: outputs being written are dropped (their temporary
+    files removed; finished outputs stay), the signal is named, and the exit status is 128 + its number.
+    """
+    import signal
+
+    for sig in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)):
+        if sig is not None:
+            signal.signal(sig, _on_signal)
     try:
         app()
-    except KeyboardInterrupt:
-        console.print("interrupted")
-        sys.exit(130)
-
+    except (SystemExit, KeyboardInterrupt) as exc:
+        if not _SIGNALLED:
+            raise
+        signum = _SIGNALLED[0]
+        console.print(f"interrupted by {signal.Signals(signum).name}: outputs not finished were not written and "
+                      "their temporary files were removed", highlight=False)
+        sys.exit(128 + int(signum))
 
 if __name__ == "__main__":
     main()

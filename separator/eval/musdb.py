@@ -326,7 +326,10 @@ def load_track(track, duration: float | None = None, stems: Sequence[str] = STEM
         if s not in track.targets:
             raise KeyError(f"track {track.name!r} has no target {s!r}; it has {list(track.targets)}")
         ref = torch.from_numpy(np.ascontiguousarray(track.targets[s].audio.T)).float()  # (channels, time)
-        out[s] = ref[..., : mix.shape[-1]]
+        if ref.shape[-1] < mix.shape[-1]:
+            raise ValueError(f"track {track.name!r}: stem {s!r} has {ref.shape[-1]} samples, fewer than the mixture's "
+                             f"{mix.shape[-1]}; the stem file is truncated (re-extract or re-download it)")
+        out[s] = ref[..., : mix.shape[-1]]  # a few extra samples (codec padding of .mp4 stems) are cut
     return TrackAudio(name=track.name, subset=track.subset, sample_rate=int(track.rate), mixture=mix, stems=out)
 
 
@@ -384,6 +387,11 @@ def score_sisec18(
     """
     museval = import_museval()
     stems = list(references)
+    silent = [s for s in stems if not np.any(references[s])]
+    if silent:
+        # BSS Eval cannot score a track with an all-zero reference (museval refuses it for every stem)
+        raise ValueError(f"track {name!r}: stem(s) {silent} are digital silence in the evaluated range, which BSS Eval "
+                         "cannot score (a --duration that ends before the stem starts does this)")
     refs = np.stack([references[s].T for s in stems]).astype(np.float64)  # (sources, time, channels)
     ests = np.stack([estimates[s].T for s in stems]).astype(np.float64)  # (sources, time, channels)
     win = int(round(protocol.window_seconds * sample_rate))
@@ -662,7 +670,9 @@ def evaluate_musdb(
         progress: called as ``progress(message, done, total)`` after each finished item.
 
     Returns:
-        The summary over the selected tracks (as written to ``out/summary.json``).
+        The summary over the selected tracks (as written to ``out/summary.json``). Tracks that could not be
+        scored (a stem that is digital silence in the evaluated range, a truncated stem) are listed under
+        ``"failed"`` (track, method, error; also ``out/failed.json``) and the other tracks are still scored.
 
     Raises:
         ValueError: ``jobs`` < 1, no or duplicate estimator names, an unknown protocol or track, or an
@@ -691,36 +701,66 @@ def evaluate_musdb(
     executor = ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) if jobs > 1 else None
     pending: list[Future] = []
 
+    # a track that cannot be scored (a silent or truncated stem) is reported and the others go on
+    failures: list[dict[str, str]] = []
+
+    def _failed(track: str, method: str, exc: BaseException) -> None:
+        failures.append({"track": track, "method": method, "error": str(exc)})
+        if progress is not None:
+            progress(f"FAILED {track}: {exc}", done, total)
+
     def _drain(limit: int) -> None:
         nonlocal done
         while len(pending) > limit:
-            fut = pending.pop(0)
-            name = fut.result()
+            fut, track, method = pending.pop(0)
             done += 1
+            try:
+                name = fut.result()
+            except (ValueError, KeyError) as exc:
+                _failed(track, method, exc)
+                continue
             if progress is not None:
                 progress(f"scored {name}", done, total)
 
     try:
-        loaded: dict[str, TrackAudio] = {}
+        loaded: dict[str, TrackAudio | Exception] = {}
         for t, est in todo:
             if t.name not in loaded:
                 loaded.clear()
-                loaded[t.name] = load_track(t, duration=duration)
-            job = _scoring_job(loaded[t.name], est, proto, out_path, save_estimates, _with_estimator(settings, est))
+                try:
+                    loaded[t.name] = load_track(t, duration=duration)
+                except (ValueError, KeyError) as exc:
+                    loaded[t.name] = exc
+            track_audio = loaded[t.name]
+            if isinstance(track_audio, Exception):
+                done += 1
+                _failed(t.name, est.name, track_audio)
+                continue
+            job = _scoring_job(track_audio, est, proto, out_path, save_estimates, _with_estimator(settings, est))
             if executor is not None:
-                pending.append(executor.submit(job.run))
+                pending.append((executor.submit(job.run), t.name, est.name))
                 _drain(jobs)
             else:
-                job.run()
                 done += 1
+                try:
+                    job.run()
+                except ValueError as exc:
+                    _failed(t.name, est.name, exc)
+                    continue
                 if progress is not None:
                     progress(f"{est.name}: {t.name}", done, total)
         _drain(0)
     finally:
         if executor is not None:
             executor.shutdown(wait=True, cancel_futures=True)
-    return summarize(out_path, track_names=[t.name for t in selected], settings=settings,
-                     run_info={**(run_info or {}), "methods": names})
+    summary = summarize(out_path, track_names=[t.name for t in selected], settings=settings,
+                        run_info={**(run_info or {}), "methods": names})
+    if failures:
+        summary["failed"] = failures
+        _write_json(out_path / "failed.json", failures)
+    else:
+        (out_path / "failed.json").unlink(missing_ok=True)
+    return summary
 
 
 def _run_settings(settings: Mapping[str, Any]) -> dict[str, Any]:

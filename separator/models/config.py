@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from qsep_core.config import ConfigError, from_dict, override
+from qsep_core.config import ConfigError, check_positive, from_dict, override
 from qsep_core.constants import HOP_LENGTH, N_FFT, SAMPLE_RATE, WIN_LENGTH
 from qsep_core.dsp import StftConfig
 
@@ -92,6 +92,7 @@ class QueryUNetConfig:
         ):
             if value not in allowed:
                 raise ConfigError(f"QueryUNetConfig.{name}={value!r}; choose one of {allowed}")
+        check_positive(self, "sample_rate", "n_fft", "hop_length", "bottleneck", "cond_dim")
         if not self.channels or any(c <= 0 for c in self.channels):
             raise ConfigError(f"QueryUNetConfig.channels must be a non-empty list of positive ints, got {self.channels}")
         if self.up_kernel not in (2, 3):

@@ -19,7 +19,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from qsep_core.atomic import AtomicPath
+from qsep_core.atomic import AtomicPath, write_error_message
 
 from .errors import EmbeddingError
 
@@ -78,12 +78,15 @@ def save_embedding(
         meta_json = json.dumps(info)
     except TypeError as exc:
         raise EmbeddingError(f"condition metadata is not JSON-serialisable: {exc}") from exc
-    with AtomicPath(path, overwrite=overwrite) as tmp:
-        save_file(
-            {CONDITION_KEY: vec.detach().float().cpu().contiguous()},
-            str(tmp),
-            metadata={"format": CONDITION_FORMAT, _META_KEY: meta_json},
-        )
+    try:
+        with AtomicPath(path, overwrite=overwrite) as tmp:
+            save_file(
+                {CONDITION_KEY: vec.detach().float().cpu().contiguous()},
+                str(tmp),
+                metadata={"format": CONDITION_FORMAT, _META_KEY: meta_json},
+            )
+    except Exception as exc:  # noqa: BLE001 - OSError or safetensors' own error: a full disk, permissions...
+        raise EmbeddingError(write_error_message(path, exc)) from None
     return path
 
 

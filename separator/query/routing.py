@@ -367,8 +367,8 @@ def _read_embedding_file(path: Path | Any, key: str) -> dict[str, torch.Tensor]:
             return {}
         texts = json.loads(meta["texts"])
         emb = load(data)["embeddings"].float()
-    except (OSError, ValueError, KeyError, RuntimeError):
-        return {}  # missing, unreadable or foreign file: as if there were none
+    except Exception:  # noqa: BLE001 - missing, unreadable, corrupt or foreign file: as if there were none
+        return {}
     if emb.ndim != 2 or emb.shape[0] != len(texts):
         return {}
     return dict(zip(texts, emb))

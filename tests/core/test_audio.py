@@ -112,8 +112,15 @@ def test_non_finite(tmp_path):
     x = np.zeros((100, 1), dtype=np.float32)
     x[37, 0] = np.nan
     sf.write(path, x, 16000, subtype="FLOAT")
-    with pytest.raises(audio.NonFiniteAudioError, match=r"1 NaN/inf samples \(first at index \(0, 37\)\)"):
+    with pytest.raises(audio.NonFiniteAudioError, match=r"1 NaN/inf samples \(first at frame 37 \(0.002 s\), channel 0\)"):
         audio.load(path)
+    # the position is in the file, not in the block read
+    y = np.zeros((40000, 2), dtype=np.float32)
+    y[33000, 1] = np.inf
+    sf.write(tmp_path / "late.wav", y, 16000, subtype="FLOAT")
+    with audio.AudioReader(tmp_path / "late.wav") as r:
+        with pytest.raises(audio.NonFiniteAudioError, match=r"frame 33000 \(2.062 s\), channel 1"):
+            list(r.blocks(16000))
     with pytest.raises(audio.NonFiniteAudioError):
         audio.save(tmp_path / "o.wav", torch.tensor([[0.0, float("inf")]]), 16000)
     assert not (tmp_path / "o.wav").exists()

@@ -163,3 +163,29 @@ def test_missing_ffmpeg_says_how_to_install(monkeypatch, tiny_musdb):
         M.open_musdb(tiny_musdb[0], "test")
     msg = str(err.value)
     assert "apt-get install ffmpeg" in msg and "conda install" in msg and "brew install ffmpeg" in msg
+
+
+@pytest.mark.slow
+def test_unscorable_tracks_are_reported_and_the_others_scored(tiny_musdb, tmp_path):
+    """A stem that is digital silence in the evaluated range (issue 17), or a stem shorter than the mixture, is
+    reported by track and stem; the other tracks are still scored."""
+    import shutil
+
+    import soundfile as sf
+
+    root, _ = tiny_musdb
+    copy = tmp_path / "musdb"
+    shutil.copytree(root, copy)
+    short = copy / "test" / "C Short Bass"
+    shutil.copytree(copy / "test" / "A Steady", short)
+    bass, rate = sf.read(short / "bass.wav")
+    sf.write(short / "bass.wav", bass[: rate], rate, subtype="PCM_16")
+    out = tmp_path / "out"
+    summary = M.evaluate_musdb(copy, [MixtureOracle()], out, protocol="sisec18", duration=2.0)
+    failed = {f["track"]: f["error"] for f in summary["failed"]}
+    assert set(failed) == {"B Late Vocals", "C Short Bass"}
+    assert "['vocals']" in failed["B Late Vocals"] and "digital silence" in failed["B Late Vocals"]
+    assert "'bass'" in failed["C Short Bass"] and "fewer than the mixture" in failed["C Short Bass"]
+    (row,) = summary["rows"]
+    assert row["tracks"] == 1  # A Steady was scored
+    assert json.loads((out / "failed.json").read_text()) == summary["failed"]

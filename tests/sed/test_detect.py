@@ -108,3 +108,36 @@ def test_cli_detect_bad_inputs(tiny_folder, tmp_path):
     assert res.exit_code == 1 and "cannot load the detector" in res.output
     res = runner.invoke(app, ["detect", str(good), "--model", str(tiny_folder), "--threshold", "1"])
     assert res.exit_code == 1 and "--threshold" in res.output
+
+
+@pytest.mark.slow
+def test_cli_detect_refuses_too_short_and_overflowing_inputs(tmp_path):
+    """Issue 17: a 1-sample input gave 4 zero-length events at 0.999; a huge finite input gave NaN scores and
+    invalid JSON. Both are now one error line each, and --json output stays valid JSON."""
+    import json
+
+    import numpy as np
+    import soundfile as sf
+    from typer.testing import CliRunner
+
+    from qsep_core.config import to_dict
+    from sed.config import htsat_config
+    from sed.htsat import HTSAT
+    from separator.checkpoint import Component, save_model
+    from separator.cli import app
+
+    torch.manual_seed(0)
+    cfg = htsat_config("tiny")
+    model = save_model(tmp_path / "det", {"detector": Component("htsat", to_dict(cfg), HTSAT(cfg).state_dict())})
+    one = tmp_path / "one.wav"
+    sf.write(one, np.full((1, 1), 0.5, np.float32), 32000)
+    huge = tmp_path / "huge.wav"
+    sf.write(huge, np.full((32000, 1), 3.0e38, np.float32), 32000, subtype="FLOAT")
+    fine = tmp_path / "fine.wav"
+    sf.write(fine, (0.1 * np.random.default_rng(0).standard_normal((32000, 1))).astype(np.float32), 32000)
+    res = CliRunner().invoke(app, ["detect", str(one), str(huge), str(fine), "-m", str(model), "--json"])
+    out = " ".join(res.output.split())
+    assert res.exit_code == 1 and "Traceback" not in res.output
+    assert "needs at least 100 ms" in out and "far beyond full scale" in out
+    doc = res.stdout[res.stdout.index("["): res.stdout.rindex("]") + 1]
+    assert [d["file"] for d in json.loads(doc)] == [str(fine)]
