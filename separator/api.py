@@ -256,7 +256,7 @@ class Separator:
         Args:
             path: a model folder or ``.safetensors`` file, a model name from the search path, an
                 ``owner/repo`` Hugging Face id (with ``huggingface_hub``), or None for the shipped
-                default (see :func:`separator.hub.resolve_model`).
+                default (see :func:`qsep_core.hub.resolve_model`).
             device: ``"auto"`` (CUDA if available, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
 
         Extra keyword arguments go to the constructor (segment, overlap, batch_size, bf16).

@@ -246,7 +246,7 @@ def test_embed_out_failures_are_one_line(tmp_path, monkeypatch):
 
 
 def test_unreadable_model_cache_is_skipped(tmp_path, monkeypatch):
-    from separator import hub
+    from qsep_core import hub
 
     real = Path.is_dir
 
