@@ -167,8 +167,9 @@ def detect_file(model: HTSAT, path: str | os.PathLike, threshold: float = 0.5, t
 
 
 def plot_detection(det: Detection, path: str | os.PathLike, n_classes: int = 5,
-                   class_names: Sequence[str] | None = None) -> Path:
-    """Draw the frame-wise probability of the ``n_classes`` top classes of ``det`` to an image file.
+                   class_names: Sequence[str] | None = None, threshold: float | None = None) -> Path:
+    """Draw the frame-wise probability of the ``n_classes`` top classes of ``det`` to an image file, with the
+    event ``threshold`` (when given) as a dashed line and the legend outside the curves.
 
     Raises:
         qsep_core.extras.MissingExtraError: matplotlib (the ``plots`` extra) is not installed.
@@ -185,16 +186,18 @@ def plot_detection(det: Detection, path: str | os.PathLike, n_classes: int = 5,
         raise ValueError("this detection carries no frame-wise output to plot")
     peak = det.framewise.max(dim=0).values
     top = torch.topk(peak, min(n_classes, peak.numel())).indices.tolist()
-    fig, ax = plt.subplots(figsize=(10, 3.5))
+    fig, ax = plt.subplots(figsize=(12, 3.5))
     t = det.frame_times.numpy()
     for k in top:
         ax.plot(t, det.framewise[:, k].numpy(), label=class_label(k, class_names), lw=1.2)
+    if threshold is not None:
+        ax.axhline(threshold, color="0.3", ls="--", lw=0.8, label=f"threshold {threshold:g}")
     ax.set_xlabel("time (s)")
     ax.set_ylabel("probability")
     ax.set_ylim(0, 1)
     ax.set_xlim(0, max(det.duration, float(t[-1]) if len(t) else 0.0))
     ax.set_title(Path(det.path).name or "detection")
-    ax.legend(loc="upper right", fontsize=8)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
     fig.tight_layout()
     out = Path(path)
     fig.savefig(out, dpi=100)

@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 
 from qsep_core.constants import ANCHOR_SECONDS
+from qsep_core.text import plural
 from separator.defaults import DEFAULT_BATCH_SIZE, DEFAULT_FILENAME, DEFAULT_OVERLAP, DEFAULT_SEGMENT
 from separator.importers import IMPORTERS
 
@@ -43,13 +44,6 @@ SET_HELP = "KEY=VALUE override of a config field (repeatable; bare KEY=VALUE arg
 def _stdout_console() -> Console:
     """A console for tables on stdout: full width when piped (no cut columns), terminal width otherwise."""
     return Console() if sys.stdout.isatty() else Console(width=400, soft_wrap=True)
-
-
-def plural(n: int, word: str) -> str:
-    """``plural(1, "class")`` -> ``"1 class"``, ``plural(2, "class")`` -> ``"2 classes"``."""
-    if n == 1:
-        return f"{n} {word}"
-    return f"{n} {word}es" if word.endswith(("s", "sh", "ch", "x")) else f"{n} {word}s"
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
@@ -276,7 +270,7 @@ def detect(
         if plot is not None:
             target = plot if len(files) == 1 else plot.with_name(f"{plot.stem}_{Path(f).stem}{plot.suffix or '.png'}")
             try:
-                plot_detection(det, target, class_names=detector.class_names)
+                plot_detection(det, target, class_names=detector.class_names, threshold=threshold)
             except MissingExtraError as exc:
                 fail(str(exc))
             except OSError as exc:
@@ -357,12 +351,12 @@ def mine(
     audio_dir: str = typer.Option(None, "--audio-dir", help="AudioSet format: folder holding the clips."),
     class_labels: str = typer.Option(None, "--class-labels", help="class_labels_indices.csv (AudioSet / HDF5). Default: the detector's class names."),
     config: str = typer.Option(None, "--config", "-c", help="YAML of mining options (e.g. configs/mine_audioset.yaml); the options below override it."),
-    segment_seconds: float = typer.Option(None, "--segment-seconds", help=f"Anchor length in seconds (default {ANCHOR_SECONDS:g}, official)."),
-    min_prob: float = typer.Option(None, "--min-prob", help="Keep only anchors whose mean probability is at least this (default: none, official)."),
-    max_anchors: int = typer.Option(None, "--max-anchors", min=1, help="Non-overlapping anchors per (clip, label) (default 1)."),
-    shard_size: int = typer.Option(None, "--shard-size", min=1, help="Clips per shard (default 1000)."),
-    batch_size: int = typer.Option(None, "--batch-size", min=1, help="Clips per detector batch (default 8)."),
-    num_workers: int = typer.Option(None, "--num-workers", min=0, help="DataLoader workers (default 0)."),
+    segment_seconds: float = typer.Option(None, "--segment-seconds", help=f"Anchor length in seconds (default: --config, else {ANCHOR_SECONDS:g}, official)."),
+    min_prob: float = typer.Option(None, "--min-prob", help="Keep only anchors whose mean probability is at least this (default: --config, else none, official)."),
+    max_anchors: int = typer.Option(None, "--max-anchors", min=1, help="Non-overlapping anchors per (clip, label) (default: --config, else 1)."),
+    shard_size: int = typer.Option(None, "--shard-size", min=1, help="Clips per shard (default: --config, else 1000)."),
+    batch_size: int = typer.Option(None, "--batch-size", min=1, help="Clips per detector batch (default: --config, else 8)."),
+    num_workers: int = typer.Option(None, "--num-workers", min=0, help="DataLoader workers (default: --config, else 0)."),
     store_audio: bool = typer.Option(None, "--store-audio/--no-store-audio", help="Store the anchor audio in the shards (needed for HDF5 packs)."),
     accelerator: str = typer.Option(None, "--accelerator", help="auto, cpu or gpu."),
     devices: str = typer.Option(None, "--devices", help=DEVICES_HELP),
@@ -370,6 +364,8 @@ def mine(
     set_: list[str] = typer.Option(None, "--set", help=SET_HELP),
 ) -> None:
     """Mine anchor segments from weakly labeled clips with a sound event detector.
+
+    Options override the --config YAML (e.g. configs/mine_tiny.yaml), which overrides the built-in defaults.
 
     Writes shards of a segment manifest (clip, label, start, end, confidence, latent) for
     `qsep train separator`. A killed run restarts where it stopped.

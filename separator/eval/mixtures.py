@@ -25,6 +25,7 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 
 from qsep_core import audio
+from qsep_core.text import plural
 from qsep_core.atomic import atomic_write_text
 from qsep_core.constants import ANCHOR_SECONDS, SAMPLE_RATE
 from qsep_core.metrics import improvement, sdr, si_sdr
@@ -357,5 +358,5 @@ def results_markdown(results: Mapping[str, Any]) -> str:
         lines.append(f"| {cls} | {'yes' if r['held_out'] else 'no'} | {f(r['sdr'])} | {f(r['sdri'])} | {f(r['si_sdri'])} | {r['n']} |")
     for name in ("seen", "held_out"):
         g = results[name]
-        lines.append(f"| **{name.replace('_', '-')} average** | | {f(g['sdr'])} | {f(g['sdri'])} | {f(g['si_sdri'])} | {g['classes']} classes |")
+        lines.append(f"| **{name.replace('_', '-')} average** | | {f(g['sdr'])} | {f(g['sdri'])} | {f(g['si_sdri'])} | {plural(g['classes'], 'class')} |")
     return "\n".join(lines) + "\n"
