@@ -119,7 +119,7 @@ def model_display_name(path: Path) -> str:
     path = Path(path)
     if path.name == "model" and path.parent.name:
         return path.parent.name
-    return path.stem if path.is_file() else path.name
+    return path.stem if path.suffix == ".safetensors" else path.name
 
 
 def describe_model(path: Path, name: str | None = None) -> ModelEntry:
