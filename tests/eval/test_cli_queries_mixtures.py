@@ -61,6 +61,13 @@ def test_cli_musdb_hq_flac_layout_and_test_only_folder(tiny_musdb, tmp_path):
     # audio queries need the train subset: the error says what to do instead
     res = runner.invoke(app, ["evaluate", "musdb", str(flac), "--tracks", "1", "--out", str(tmp_path / "o2")])
     assert res.exit_code == 1 and "--text-queries" in res.output
+    # ... and with them it runs, with no --model: the shipped model, named in the summary
+    res = runner.invoke(app, ["evaluate", "musdb", str(flac), "--text-queries", "--tracks", "1", "--duration", "2",
+                              "--out", str(tmp_path / "o3")])
+    assert res.exit_code == 0, res.output
+    summary = json.loads((tmp_path / "o3" / "summary.json").read_text())
+    assert [r["method"] for r in summary["rows"]] == ["qsep-starter-text"]
+    assert summary["run"]["model"].endswith("qsep-starter") and summary["run"]["stem_queries"]["vocals"] == "singing voice"
 
 
 def test_cli_musdb_missing_ffmpeg(tiny_musdb, tmp_path, monkeypatch):
