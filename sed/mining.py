@@ -188,10 +188,14 @@ class MiningConfig(ManifestContent, PlacementConfig):
     """Options of a mining run: the content settings of :class:`qsep_core.manifest.ManifestContent`
     (recorded in ``mining.json``) and how the run executes (these may change between resumes): the
     placement fields of :class:`qsep_core.training.PlacementConfig` (defaults here: one device, ``32-true``),
-    ``batch_size``, ``num_workers``, ``progress``."""
+    ``batch_size``, ``num_workers``, ``progress``, and ``max_bad_clips``: clips that cannot be read or hold
+    NaN/inf are skipped (no anchors, a warning naming each) up to this many, and the next one stops the run
+    naming them (0, the default: the first bad clip stops it). A skipped clip is skipped again on a rerun, so
+    resumed shards stay consistent."""
 
     batch_size: int = 8
     num_workers: int = 0
+    max_bad_clips: int = 0
     devices: int | str = 1
     precision: str = "32-true"
     progress: bool = False
@@ -247,8 +251,10 @@ class _Indexed(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    def __getitem__(self, index: int) -> dict[str, Any] | None:
         item = self.dataset[index]
+        if item is None:  # a bad clip skipped by the dataset's BadClipGuard (max_bad_clips)
+            return {"index": index, "skipped": True}
         wav, target, clip_id = item[0], item[1], item[2]
         wav = torch.as_tensor(wav, dtype=torch.float32)
         if wav.ndim == 2:  # (channels, time) -> mono
@@ -268,12 +274,18 @@ class _Indexed(torch.utils.data.Dataset):
 
 
 def _collate(items: list[dict[str, Any]]) -> dict[str, Any]:
+    seen = [it["index"] for it in items]  # every clip of the batch, skipped bad clips included
+    items = [it for it in items if not it.get("skipped")]
+    if not items:
+        return {"index": [], "seen": seen, "waveform": torch.zeros(0, 1), "length": torch.zeros(0, dtype=torch.long),
+                "target": torch.zeros(0, 0), "clip_id": [], "audio_path": []}
     lengths = torch.tensor([it["waveform"].shape[-1] for it in items])
     wav = torch.zeros(len(items), int(lengths.max()))
     for i, it in enumerate(items):
         wav[i, : it["waveform"].shape[-1]] = it["waveform"]
     return {
         "index": [it["index"] for it in items],
+        "seen": seen,
         "waveform": wav,  # (batch, time) zero-padded to the longest clip
         "length": lengths,
         "target": torch.stack([it["target"] for it in items]),  # (batch, classes)
@@ -326,6 +338,8 @@ class _MiningModule(L.LightningModule):
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
         cfg, sample_rate, class_names = self.cfg, self.sample_rate, self.class_names
         wav = batch["waveform"]  # (batch, time)
+        if wav.shape[0] == 0:  # every clip of the batch was bad and skipped
+            return []
         out = self.detector(wav)
         framewise = out["framewise"].float().cpu()  # (batch, frames, classes)
         times = torch.as_tensor(out["frame_times"]).double().cpu()  # (frames,)
@@ -394,12 +408,12 @@ class _ShardWriter(BasePredictionWriter):
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx):
         size = self.cfg.shard_size
-        for clip in batch["index"]:
+        for clip in batch["seen"]:
             s = int(clip) // size
             self.seen[s] = self.seen.get(s, 0) + 1
         for row in prediction:
             self.rows.setdefault(int(row["clip_index"]) // size, []).append(row)
-        for s in sorted({int(c) // size for c in batch["index"]}):
+        for s in sorted({int(c) // size for c in batch["seen"]}):
             lo, hi = self.bounds[s]
             if self.seen.get(s, 0) == hi - lo:
                 self._flush(s)
@@ -501,6 +515,12 @@ def mine(
     ]
     if not pending:
         return out
+    if cfg.max_bad_clips < 0:
+        raise MiningError(f"max_bad_clips must be >= 0, got {cfg.max_bad_clips}")
+    if hasattr(dataset, "bad_clips"):
+        from qsep_core.training import BadClipGuard
+
+        dataset.bad_clips = BadClipGuard(cfg.max_bad_clips, "clip")
     loader = torch.utils.data.DataLoader(
         _Indexed(dataset),
         batch_sampler=_ShardBatchSampler(pending, cfg.batch_size),

@@ -361,6 +361,7 @@ def mine(
     accelerator: str = typer.Option(None, "--accelerator", help="auto, cpu or gpu."),
     devices: str = typer.Option(None, "--devices", help=DEVICES_HELP),
     num_nodes: int = typer.Option(None, "--num-nodes", min=1, help="Nodes for multi-node DDP."),
+    max_bad_clips: int = typer.Option(None, "--max-bad-clips", min=0, help="Skip and report up to N unreadable / NaN clips (default: --config, else 0: the first one stops the run)."),
     set_: list[str] = typer.Option(None, "--set", help=SET_HELP),
 ) -> None:
     """Mine anchor segments from weakly labeled clips with a sound event detector.
@@ -378,6 +379,7 @@ def mine(
 
     import sed
     from sed.data import DatasetError
+    from qsep_core.training import BadClipError
     from sed.mining import MiningConfig, mine as run, mining_dataset
 
     overrides = _parse_overrides(list(ctx.args) + list(set_ or []))
@@ -387,6 +389,7 @@ def mine(
         fields.update(_given(segment_seconds=segment_seconds, min_prob=min_prob, max_anchors=max_anchors,
                              shard_size=shard_size, batch_size=batch_size, num_workers=num_workers,
                              store_audio=store_audio, accelerator=accelerator, num_nodes=num_nodes,
+                             max_bad_clips=max_bad_clips,
                              devices=_devices(devices)))
         fields.setdefault("progress", True)
         cfg = from_dict(MiningConfig, fields)
@@ -395,7 +398,7 @@ def mine(
         folder = run(model, dataset, out, cfg, sample_rate=model.cfg.sample_rate)
         manifest = load_manifest(folder)
     except (CheckpointError, ConfigError, DatasetError, AudioError, ManifestError, MissingExtraError,
-            FileNotFoundError) as exc:
+            FileNotFoundError, BadClipError) as exc:
         fail(str(exc))
     console.print(f"mined {len(manifest)} segments from {len(dataset)} clips into {folder}", highlight=False)
 

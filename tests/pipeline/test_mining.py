@@ -181,3 +181,27 @@ def test_ddp_mining_gives_the_same_shards(tmp_path):
     for s in range(3):
         for a, b in zip(shard_paths(tmp_path / "one", s), shard_paths(tmp_path / "two", s)):
             assert a.read_bytes() == b.read_bytes(), a.name
+
+
+def test_mine_skips_bad_clips_only_when_told(tmp_path):
+    """A corrupt clip stops `qsep mine` naming it (strict default); --max-bad-clips 1 skips it and mines the rest."""
+    import shutil
+    from pathlib import Path
+
+    from typer.testing import CliRunner
+
+    from separator.cli import app
+
+    data = Path(__file__).resolve().parents[1] / "data" / "starter_events"
+    shutil.copy(data / "rain.flac", tmp_path / "rain.flac")
+    shutil.copy(data / "dog.flac", tmp_path / "dog.flac")
+    (tmp_path / "broken.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk")
+    (tmp_path / "clips.csv").write_text('path,labels\nrain.flac,Rain\nbroken.wav,Rain\ndog.flac,"Canidae, dogs, wolves"\n')
+    runner = CliRunner()
+    args = ["mine", "--data", str(tmp_path / "clips.csv"), "--accelerator", "cpu", "--batch-size", "2"]
+    res = runner.invoke(app, args + ["--out", str(tmp_path / "strict")])
+    assert res.exit_code == 1 and "broken.wav" in res.output and "--max-bad-clips" in " ".join(res.output.split())
+    res = runner.invoke(app, args + ["--out", str(tmp_path / "lenient"), "--max-bad-clips", "1"])
+    assert res.exit_code == 0, res.output
+    m = load_manifest(tmp_path / "lenient")
+    assert sorted(Path(p).name for p in set(m.segments.audio_path)) == ["dog.flac", "rain.flac"]
