@@ -51,7 +51,7 @@ def test_toy_recipe_runs_end_to_end(tmp_path):
     residual, r2 = sf.read(tmp_path / "separated_toy" / "clip_0000" / "no_hum.wav")
     assert rate == r1 == r2 and target.shape == mix.shape
     assert abs(target + residual - mix).max() < 2e-4  # 16-bit outputs: the mixture to rounding
-    results = json.loads((tmp_path / "runs" / "toy_eval" / "results_model_label.json").read_text())
+    results = json.loads((tmp_path / "runs" / "toy_eval" / "results_toy_sep_label.json").read_text())
     assert results["per_class"]["chirp"]["held_out"] is True
     assert set(results["per_class"]) == {"beep", "hum", "hiss", "knock", "trill", "chirp"}
     model = json.loads((tmp_path / "runs" / "toy_sep" / "model" / "config.json").read_text())
