@@ -47,6 +47,7 @@ __all__ = [
     "AudioInfo",
     "AudioReader",
     "AudioWriter",
+    "resampled_length",
     "BIT_DEPTHS",
     "WRITE_FORMATS",
     "info",
@@ -448,6 +449,46 @@ class AudioReader:
             )
         return check_finite(block, str(self.path), offset=start, sample_rate=self.sample_rate)
 
+    def resampled_frames(self, sample_rate: int) -> int:
+        """Length of the whole file resampled to ``sample_rate`` (:func:`resample`'s ``ceil(T * new / orig)``)."""
+        return resampled_length(self.frames, self.sample_rate, sample_rate)
+
+    def read_resampled(self, start: int, frames: int, sample_rate: int, channels: int | None = None,
+                       margin: float = 0.1) -> torch.Tensor:
+        """Frames ``[start, start + frames)`` of the file resampled to ``sample_rate`` (indices at that rate).
+
+        Only a span around them is read and resampled: ``margin`` seconds more on each side (far more than
+        the resampler's kernel), with the span's start on a sample shared by both rates' grids, so the result
+        equals slicing the resampled whole file (to float rounding) while memory stays bounded whatever the
+        file's length. Channels are converted first (``channels``; None: keep), as :func:`load` does.
+
+        Returns:
+            ``(channels, n)`` float32, ``n <= frames`` (shorter at the end of the file).
+
+        Raises:
+            ValueError: ``start`` is negative or ``frames`` not positive; otherwise as :meth:`read`.
+        """
+        if start < 0 or frames <= 0:
+            raise ValueError(f"need start >= 0 and frames > 0, got start={start}, frames={frames}")
+        if int(sample_rate) == self.sample_rate:
+            wav = self.read(start, frames)
+            return to_channels(wav, channels) if channels is not None else wav
+        g = math.gcd(self.sample_rate, int(sample_rate))
+        unit_in, unit_out = self.sample_rate // g, int(sample_rate) // g  # one grid point: 1/g s
+        stop = min(start + frames, self.resampled_frames(sample_rate))
+        if stop <= start:
+            return torch.zeros(self.channels if channels is None else channels, 0)
+        pad = math.ceil(margin * g)  # grid points of margin
+        u0 = max(0, start // unit_out - pad)
+        u1 = -(-stop // unit_out) + pad
+        first, last = u0 * unit_in, min(self.frames, u1 * unit_in)
+        span = self.read(first, last - first)
+        if channels is not None:
+            span = to_channels(span, channels)
+        out = resample(span, self.sample_rate, int(sample_rate))
+        offset = u0 * unit_out
+        return out[..., start - offset: stop - offset]
+
     def blocks(self, block_frames: int) -> Iterator[torch.Tensor]:
         """Consecutive ``(channels, <= block_frames)`` blocks covering the whole file.
 
@@ -500,6 +541,11 @@ def load(
 #: largest reduced ratio term (``rate / gcd``) resampled by torchaudio's exact polyphase kernel; its kernel holds
 #: ``new/g * (orig/g + ~14)`` taps, so a ratio like 11127 -> 32000 (no common divisor) would need gigabytes
 RESAMPLE_EXACT_MAX = 2000
+
+
+def resampled_length(frames: int, orig_rate: int, new_rate: int) -> int:
+    """Samples :func:`resample` gives for ``frames`` samples: ``ceil(frames * new / orig)``."""
+    return frames if orig_rate == new_rate else -(-int(frames) * int(new_rate) // int(orig_rate))
 
 
 def resample(wav: torch.Tensor, orig_rate: int, new_rate: int) -> torch.Tensor:

@@ -276,6 +276,11 @@ class AudioQueryEncoder:
             )
             for i, (a, b) in enumerate(bounds)
         ]
+        self._check_usable(name, levels, mask)
+        lat = self.latents(segs[mask])  # (n_used, latent_dim)
+        return FileEmbedding(file=name, latent=lat.mean(dim=0), segments=infos)
+
+    def _check_usable(self, name: str, levels: torch.Tensor, mask: torch.Tensor) -> None:
         if not bool(mask.any()):
             loudest = float(levels.max())
             lvl = "digital silence" if math.isinf(loudest) else f"{loudest:.1f} dBFS"
@@ -284,13 +289,37 @@ class AudioQueryEncoder:
                 f"below the {self.floor_dbfs:g} dBFS floor (loudest segment: {lvl}); use a recording of the "
                 "sound you want, or lower the floor"
             )
-        lat = self.latents(segs[mask])  # (n_used, latent_dim)
-        return FileEmbedding(file=name, latent=lat.mean(dim=0), segments=infos)
 
     def encode_file(self, path: str | os.PathLike) -> FileEmbedding:
-        """Read, down-mix and resample one file, then :meth:`encode_waveform` it."""
-        wav, _ = audio_io.load(path, sample_rate=self.sample_rate, channels=1)
-        return self.encode_waveform(wav, name=str(path))
+        """Embed one file, streamed: its segments are read, down-mixed and resampled ``batch_size`` at a time
+        (:meth:`qsep_core.audio.AudioReader.read_resampled`), so memory does not grow with the file's length.
+        Segments, gate and result are those of :meth:`encode_waveform` on the whole file (to float rounding);
+        latents are computed for the segments above the floor, and the relative gate is applied at the end."""
+        name = str(path)
+        with audio_io.AudioReader(path) as reader:
+            n = reader.resampled_frames(self.sample_rate)
+            bounds = segment_bounds(n, self.segment_samples)
+            levels: list[torch.Tensor] = []
+            latents: dict[int, torch.Tensor] = {}
+            for i0 in range(0, len(bounds), self.batch_size):
+                part = bounds[i0: i0 + self.batch_size]
+                segs = torch.stack([reader.read_resampled(a, b - a, self.sample_rate, channels=1)[0] for a, b in part])
+                lv = segment_rms_dbfs(segs)  # (n_part,)
+                above = lv > self.floor_dbfs
+                if bool(above.any()):
+                    for i, lat in zip(torch.nonzero(above).flatten().tolist(), self.latents(segs[above])):
+                        latents[i0 + i] = lat
+                levels.append(lv)
+        level = torch.cat(levels)
+        mask, reasons = self.gate(level)
+        infos = [
+            SegmentInfo(file=name, index=i, start_s=a / self.sample_rate, end_s=b / self.sample_rate,
+                        rms_dbfs=float(level[i]), used=bool(mask[i]), reason=reasons[i])
+            for i, (a, b) in enumerate(bounds)
+        ]
+        self._check_usable(name, level, mask)
+        lat = torch.stack([latents[i] for i in torch.nonzero(mask).flatten().tolist()])  # (n_used, latent_dim)
+        return FileEmbedding(file=name, latent=lat.mean(dim=0), segments=infos)
 
     def encode_files(self, paths: Sequence[str | os.PathLike]) -> AudioQueryResult:
         """Condition of a query made of one or more files: mean over files of per-file segment means."""

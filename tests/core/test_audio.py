@@ -219,3 +219,21 @@ def test_clipping_is_counted(tmp_path):
     assert w.clipped == 0
     y, _ = audio.load(tmp_path / "loud_f.wav")
     assert float(y.abs().max()) == 2.0
+
+
+@pytest.mark.parametrize("rate", [44100, 48000, 16000, 11127])
+def test_read_resampled_equals_slicing_the_resampled_whole_file(tmp_path, rate):
+    """Bounded-memory reads of a span at another rate give the samples of resampling the whole file."""
+    from qsep_core.audio import AudioReader, load, resampled_length
+
+    rng = np.random.default_rng(rate)
+    x = (0.2 * rng.standard_normal((int(rate * 3.7), 2))).astype("float32")
+    path = tmp_path / "x.wav"
+    sf.write(path, x, rate, subtype="FLOAT")
+    whole, _ = load(path, sample_rate=32000, channels=1)
+    with AudioReader(path) as r:
+        n = r.resampled_frames(32000)
+        assert n == whole.shape[-1] == resampled_length(x.shape[0], rate, 32000)
+        for start, frames in [(0, 64000), (40000, 32000), (n - 5000, 64000), (12345, 1)]:
+            part = r.read_resampled(start, frames, 32000, channels=1)
+            torch.testing.assert_close(part, whole[:, start: start + frames], atol=1e-6, rtol=0)

@@ -158,3 +158,24 @@ def test_real_htsat_tiny_query_path():
     with torch.no_grad():
         expected = torch.cat([model(x[None, a:b])["latent"] for a, b in bounds]).mean(0)
     torch.testing.assert_close(res.latent, expected, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("rate", [44100, 11127])
+def test_encode_file_streams_and_equals_the_whole_file_path(tmp_path, rate):
+    """`qsep embed` / audio queries read a file segment-batch by segment-batch; the result is the whole-file one."""
+    import numpy as np
+    import soundfile as sf
+
+    from qsep_core import audio as audio_io
+    from separator.query import QueryEncoder
+
+    enc = QueryEncoder.from_model(None).audio
+    t = np.arange(int(rate * 9.5)) / rate
+    x = 0.3 * np.sin(2 * np.pi * 440 * t) * (t < 5)  # the last segments are silent: the gate drops them
+    sf.write(tmp_path / "q.wav", np.stack([x, 0.5 * x], 1).astype("float32"), rate, subtype="FLOAT")
+    streamed = enc.encode_file(tmp_path / "q.wav")
+    wav, _ = audio_io.load(tmp_path / "q.wav", sample_rate=enc.sample_rate, channels=1)
+    whole = enc.encode_waveform(wav, name=str(tmp_path / "q.wav"))
+    torch.testing.assert_close(streamed.latent, whole.latent, atol=1e-5, rtol=0)  # float rounding (soxr rates: 1.5e-6)
+    assert [s.used for s in streamed.segments] == [s.used for s in whole.segments]
+    assert not streamed.segments[-1].used
