@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 import torch
 
 from sed.htsat import HTSAT
@@ -61,6 +62,51 @@ def class_label(index: int, class_names: Sequence[str] | None) -> str:
     return class_names[index] if class_names is not None else f"class_{index}"
 
 
+class _Runs:
+    """Runs of frames above a threshold, per class, fed frames in order (so long files never need all their
+    frames at once). A run ends where the first frame below the threshold starts, or at ``duration``."""
+
+    def __init__(self, n_classes: int, threshold: float):
+        self.threshold = threshold
+        self.active = np.zeros(n_classes, dtype=bool)
+        self.start = np.zeros(n_classes)
+        self.peak = np.full(n_classes, -np.inf)
+        self.found: list[tuple[int, float, float, float]] = []  # (class, start, end, peak)
+
+    def feed(self, frames: np.ndarray, times: np.ndarray) -> None:
+        """``frames (m, classes)`` probabilities of the next ``m`` frames starting at ``times (m,)`` seconds."""
+        if frames.shape[0] == 0:
+            return
+        act = frames > self.threshold
+        prev = np.concatenate([self.active[None], act[:-1]])
+        starts, ends = act & ~prev, ~act & prev
+        for k in np.nonzero(act.any(0) | self.active)[0]:
+            col, running, since = frames[:, k], bool(self.active[k]), 0
+            for t in np.nonzero(starts[:, k] | ends[:, k])[0]:
+                if ends[t, k]:
+                    peak = max(self.peak[k], float(col[since:t].max())) if t > since else self.peak[k]
+                    self.found.append((int(k), float(self.start[k]), float(times[t]), peak))
+                    running = False
+                else:
+                    self.start[k], self.peak[k], since, running = times[t], -np.inf, t, True
+            if running:
+                self.peak[k] = max(self.peak[k], float(col[since:].max()))
+            self.active[k] = running
+
+    def events(self, duration: float, classes: Sequence[int] | None, class_names: Sequence[str] | None) -> list[Event]:
+        """The runs as events (open runs end at ``duration``), for ``classes`` only (None: all), sorted."""
+        found = self.found + [(int(k), float(self.start[k]), duration, float(self.peak[k]))
+                              for k in np.nonzero(self.active)[0]]
+        keep = None if classes is None else set(int(c) for c in classes)
+        events = []
+        for k, start, end, peak in found:
+            end = min(end, duration)
+            if (keep is not None and k not in keep) or end <= start:
+                continue  # a run that starts at or after the end of the signal covers no audio
+            events.append(Event(class_label(k, class_names), k, round(start, 3), round(end, 3), round(float(peak), 4)))
+        return sorted(events, key=lambda e: (e.start, e.label))
+
+
 def events_from_framewise(
     framewise: torch.Tensor,
     frame_times: torch.Tensor,
@@ -82,27 +128,19 @@ def events_from_framewise(
     """
     if framewise.dim() != 2 or framewise.shape[0] != frame_times.shape[0]:
         raise ValueError(f"framewise {tuple(framewise.shape)} does not match frame_times {tuple(frame_times.shape)}")
-    times = frame_times.double().tolist()
-    ends = times[1:] + [duration]
-    idx = range(framewise.shape[1]) if classes is None else classes
-    events: list[Event] = []
-    for k in idx:
-        col = framewise[:, k]
-        active = (col > threshold).tolist()
-        j = 0
-        while j < len(active):
-            if not active[j]:
-                j += 1
-                continue
-            s = j
-            while j < len(active) and active[j]:
-                j += 1
-            conf = float(col[s:j].max())
-            if min(ends[j - 1], duration) <= times[s]:
-                continue  # a run that starts at or after the end of the signal covers no audio
-            events.append(Event(class_label(k, class_names), int(k), round(times[s], 3),
-                                round(min(ends[j - 1], duration), 3), round(conf, 4)))
-    return sorted(events, key=lambda e: (e.start, e.label))
+    runs = _Runs(framewise.shape[1], threshold)
+    runs.feed(framewise.float().numpy(), frame_times.double().numpy())
+    return runs.events(duration, classes, class_names)
+
+
+#: frames kept per file for plotting: a longer file keeps the maximum over bins of frames (memory stays bounded)
+PLOT_FRAMES = 4000
+
+
+def _overflow(path: str, peak: float) -> ValueError:
+    why = (f"the input peaks at {peak:.3g}, far beyond full scale (1.0): scale it down" if peak > 1e3
+           else f"the input is finite (peak {peak:.3g}): the model is broken")
+    return ValueError(f"{path or 'the signal'}: the detector's scores overflowed to NaN/inf; {why}")
 
 
 @torch.no_grad()
@@ -138,10 +176,7 @@ def detect_wave(
     clip = out["clipwise"][0].cpu()
     frame = out["framewise"][0].cpu()
     if not (bool(torch.isfinite(clip).all()) and bool(torch.isfinite(frame).all())):
-        peak = float(wave.abs().max())
-        why = (f"the input peaks at {peak:.3g}, far beyond full scale (1.0): scale it down" if peak > 1e3
-               else f"the input is finite (peak {peak:.3g}): the model is broken")
-        raise ValueError(f"{path or 'the signal'}: the detector's scores overflowed to NaN/inf; {why}")
+        raise _overflow(path, float(wave.abs().max()))
     times = out["frame_times"].cpu()
     k = cfg.num_classes if top_k is None else min(top_k, cfg.num_classes)
     top = torch.topk(clip, k).indices.tolist()
@@ -153,17 +188,66 @@ def detect_wave(
     return Detection(path, round(duration, 3), events, clipwise, frame, times)
 
 
+@torch.no_grad()
 def detect_file(model: HTSAT, path: str | os.PathLike, threshold: float = 0.5, top_k: int | None = None) -> Detection:
     """Events in an audio file (any rate / channels: mixed to mono, resampled to the model's rate).
+
+    Streamed: a file longer than one clip is read window by window
+    (:meth:`qsep_core.audio.AudioReader.read_resampled`, :meth:`sed.htsat.HTSAT.iter_long`) and its events are
+    found as its frames become final, so memory does not grow with the length; the events, clip-wise scores
+    and frames equal :func:`detect_wave` on the whole signal. ``Detection.framewise`` keeps at most
+    :data:`PLOT_FRAMES` frames (for plots): the maximum over bins of frames when the file is longer.
 
     Raises:
         qsep_core.audio.AudioError: the file is missing, unreadable, empty or not finite.
         ValueError: as :func:`detect_wave` (too short, scores not finite).
     """
-    from qsep_core.audio import load
+    from qsep_core.audio import AudioReader
 
-    wav, _ = load(path, sample_rate=model.cfg.sample_rate, channels=1)
-    return detect_wave(model, wav[0], threshold, top_k, str(path))
+    cfg = model.cfg
+    rate, clip = cfg.sample_rate, cfg.clip_samples
+    with AudioReader(path) as reader:
+        n = reader.resampled_frames(rate)
+        if n <= clip:
+            wave = reader.read_resampled(0, n, rate, channels=1)[0]
+            return detect_wave(model, wave, threshold, top_k, str(path))
+        if not 0.0 < threshold < 1.0:
+            raise ValueError(f"threshold must be in (0, 1), got {threshold}")
+        if top_k is not None and top_k < 1:
+            raise ValueError(f"top_k must be >= 1, got {top_k}")
+        total = cfg.frames(n)
+        step = cfg.hop_length / rate
+        pool = max(1, -(-total // PLOT_FRAMES))  # frames per plotted bin
+        pooled = torch.zeros(-(-total // pool), cfg.num_classes)
+        runs = _Runs(cfg.num_classes, threshold)
+        peak = 0.0
+
+        def read(row: int, start: int) -> torch.Tensor:
+            nonlocal peak
+            window = reader.read_resampled(start, clip, rate, channels=1)[0]
+            peak = max(peak, float(window.abs().max()))
+            return window
+
+        result: dict[str, torch.Tensor] = {}
+        for first, frames in model.iter_long(read, 1, n, True, result):
+            fr = frames[0].float().cpu()  # (m, classes)
+            if not bool(torch.isfinite(fr).all()):
+                raise _overflow(str(path), peak)
+            times = torch.arange(first, first + fr.shape[0], dtype=torch.float64) * step
+            runs.feed(fr.numpy(), times.numpy())
+            bins = (torch.arange(first, first + fr.shape[0]) // pool)[:, None].expand_as(fr)
+            pooled.scatter_reduce_(0, bins, fr, reduce="amax", include_self=True)
+    clipwise = result["clipwise"][0].float().cpu()
+    if not bool(torch.isfinite(clipwise).all()):
+        raise _overflow(str(path), peak)
+    k = cfg.num_classes if top_k is None else min(top_k, cfg.num_classes)
+    top = torch.topk(clipwise, k).indices.tolist()
+    duration = n / rate
+    names = model.class_names
+    events = runs.events(duration, top, names)
+    clip_scores = {class_label(i, names): round(float(clipwise[i]), 4) for i in top[: min(k, 10)]}
+    pooled_times = (torch.arange(pooled.shape[0], dtype=torch.float64) * pool * step).float()
+    return Detection(str(path), round(duration, 3), events, clip_scores, pooled, pooled_times)
 
 
 def plot_detection(det: Detection, path: str | os.PathLike, n_classes: int = 5,

@@ -34,7 +34,7 @@ Input lengths (``n`` samples, ``clip = cfg.clip_samples``):
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -418,37 +418,65 @@ class HTSAT(nn.Module):
         return self._forward_long(wave, framewise)
 
     def _forward_long(self, wave: torch.Tensor, want_framewise: bool) -> dict[str, torch.Tensor]:
-        cfg = self.cfg
         b, n = wave.shape
-        starts = self.window_starts(n)
-        total = cfg.frames(n)
+        clip = self.cfg.clip_samples
+        result: dict[str, torch.Tensor] = {}
+        chunks = [c for _, c in self.iter_long(lambda row, s: wave[row, s:s + clip], b, n, want_framewise, result)]
+        out = {"clipwise": result["clipwise"], "latent": result["latent"],
+               "frame_times": self.long_frame_times(n).to(wave.device)}
+        if want_framewise:
+            out["framewise"] = torch.cat(chunks, dim=1)
+        return out
+
+    def iter_long(self, read: Callable[[int, int], torch.Tensor], batch: int, samples: int, want_framewise: bool,
+                  result: dict[str, torch.Tensor]) -> Iterator[tuple[int, torch.Tensor]]:
+        """The long-input path (module docstring) over windows fetched one at a time, so a whole file need not
+        be in memory: ``read(row, start)`` gives the ``(clip_samples,)`` window of row ``row`` starting at sample
+        ``start``. Yields ``(first_frame, framewise (batch, m, classes))`` as soon as frames are final (no later
+        window reaches them), in order; at the end ``result`` holds ``clipwise (batch, classes)`` and ``latent
+        (batch, latent_dim)``. Memory: ``long_batch`` windows plus one window of frames. The concatenated
+        frames equal :meth:`forward`'s ``framewise`` for the whole input.
+        """
+        cfg = self.cfg
+        starts = self.window_starts(samples)
+        total = cfg.frames(samples)
         cf = cfg.clip_frames
+        device = next(self.parameters()).device
+        dtype = next(self.parameters()).dtype
         # stretched frame index for each of a window's own frames (nearest; framewise is piecewise constant)
-        pick = torch.round(torch.arange(cf, dtype=torch.float64) * (cfg.target_frames - 1) / (cf - 1)).long()
-        pick = pick.to(wave.device)
-        j = torch.arange(cf, device=wave.device)
-        taper = torch.minimum(j + 1, cf - j).to(wave.dtype)  # triangular, > 0 everywhere
-        frame_sum = wave.new_zeros(b, total, cfg.num_classes) if want_framewise else None
-        weight = wave.new_zeros(total)
-        clipwise = wave.new_full((b, cfg.num_classes), -math.inf)
-        latent = wave.new_zeros(b, cfg.latent_dim)
-        jobs = [(row, s) for s in starts for row in range(b)]
+        pick = torch.round(torch.arange(cf, dtype=torch.float64) * (cfg.target_frames - 1) / (cf - 1)).long().to(device)
+        j = torch.arange(cf, device=device)
+        taper = torch.minimum(j + 1, cf - j).to(dtype)  # triangular, > 0 everywhere
+        base = 0  # first frame not yet yielded
+        frame_sum = torch.zeros(batch, 0, cfg.num_classes, device=device, dtype=dtype)
+        weight = torch.zeros(0, device=device, dtype=dtype)
+        clipwise = torch.full((batch, cfg.num_classes), -math.inf, device=device, dtype=dtype)
+        latent = torch.zeros(batch, cfg.latent_dim, device=device, dtype=dtype)
+        jobs = [(row, s) for s in starts for row in range(batch)]
         for k in range(0, len(jobs), cfg.long_batch):
             part = jobs[k:k + cfg.long_batch]
-            chunk = torch.stack([wave[row, s:s + cfg.clip_samples] for row, s in part])  # (windows, clip)
+            chunk = torch.stack([read(row, s).to(device, dtype) for row, s in part])  # (windows, clip)
             out = self.forward_mel(self.features(chunk), tile=False)
             for i, (row, s) in enumerate(part):
                 clipwise[row] = torch.maximum(clipwise[row], out["clipwise"][i])
                 latent[row] += out["latent"][i]
-                if frame_sum is not None:
-                    idx = (round(s / cfg.hop_length) + j).clamp_(max=total - 1)
+                if want_framewise:
+                    idx = (round(s / cfg.hop_length) + j).clamp_(max=total - 1) - base
+                    grow = int(idx.max()) + 1 - weight.shape[0]
+                    if grow > 0:
+                        frame_sum = F.pad(frame_sum, (0, 0, 0, grow))
+                        weight = F.pad(weight, (0, grow))
                     frame_sum[row].index_add_(0, idx, out["framewise"][i, pick] * taper[:, None])
                     if row == 0:
                         weight.index_add_(0, idx, taper)
-        result = {"clipwise": clipwise, "latent": latent / len(starts), "frame_times": self.long_frame_times(n).to(wave.device)}
-        if frame_sum is not None:
-            result["framewise"] = frame_sum / weight[None, :, None]
-        return result
+            if want_framewise:
+                final = round(jobs[k + cfg.long_batch][1] / cfg.hop_length) if k + cfg.long_batch < len(jobs) else total
+                m = final - base
+                if m > 0:
+                    yield base, frame_sum[:, :m] / weight[None, :m, None]
+                    frame_sum, weight, base = frame_sum[:, m:], weight[m:], final
+        result["clipwise"] = clipwise
+        result["latent"] = latent / len(starts)
 
     @torch.no_grad()
     def embed(self, wave: torch.Tensor) -> torch.Tensor:

@@ -141,3 +141,34 @@ def test_cli_detect_refuses_too_short_and_overflowing_inputs(tmp_path):
     assert "needs at least 100 ms" in out and "far beyond full scale" in out
     doc = res.stdout[res.stdout.index("["): res.stdout.rindex("]") + 1]
     assert [d["file"] for d in json.loads(doc)] == [str(fine)]
+
+
+@pytest.mark.parametrize("rate", [44100, 11127])
+def test_detect_file_streams_and_equals_the_whole_signal(tiny_folder, tmp_path, rate, monkeypatch):
+    """`qsep detect` reads a long file window by window; events, clip scores and frames are the whole-signal ones."""
+    import numpy as np
+    import soundfile as sf
+
+    import sed
+    from qsep_core.audio import load
+    from sed import detect as det_mod
+    from sed.detect import detect_file, detect_wave
+
+    model = sed.load_detector(tiny_folder)
+    rng = np.random.default_rng(0)
+    t = np.arange(int(rate * 27.3)) / rate
+    x = 0.1 * rng.standard_normal(len(t)) * (np.sin(2 * np.pi * 0.1 * t) > 0) + 0.3 * np.sin(2 * np.pi * 900 * t)
+    sf.write(tmp_path / "long.wav", np.stack([x, 0.5 * x], 1).astype("float32"), rate, subtype="FLOAT")
+    streamed = detect_file(model, tmp_path / "long.wav", threshold=0.4)
+    wav, _ = load(tmp_path / "long.wav", sample_rate=model.cfg.sample_rate, channels=1)
+    whole = detect_wave(model, wav[0], threshold=0.4, path=str(tmp_path / "long.wav"))
+    assert streamed.events == whole.events and streamed.events
+    assert streamed.clipwise == whole.clipwise and streamed.duration == whole.duration
+    torch.testing.assert_close(streamed.framewise, whole.framewise, atol=1e-5, rtol=0)
+    # a long file keeps pooled frames for plotting: the maximum over bins, at the bins' start times
+    monkeypatch.setattr(det_mod, "PLOT_FRAMES", 100)
+    pooled = detect_file(model, tmp_path / "long.wav", threshold=0.4)
+    assert pooled.events == whole.events and pooled.framewise.shape[0] <= 100
+    pool = -(-whole.framewise.shape[0] // pooled.framewise.shape[0])
+    torch.testing.assert_close(pooled.framewise[1], whole.framewise[pool: 2 * pool].max(dim=0).values, atol=1e-5, rtol=0)
+    assert abs(float(pooled.frame_times[1]) - float(whole.frame_times[pool])) < 1e-4
