@@ -186,3 +186,17 @@ def test_page_in_a_headless_browser(server, tmp_path):
             break
         time.sleep(0.5)
     assert not any((root / n).exists() for n in ours), "the session's folder outlived the page"
+
+
+def test_long_files_report_progress_per_chunk(tmp_path):
+    """The page's progress bar is fed chunk by chunk: a 20-s file at the default 6-s segments gives several steps."""
+    rate = 16000
+    path = tmp_path / "long.wav"
+    audio.save(path, 0.1 * torch.randn(1, rate * 20, generator=torch.Generator().manual_seed(2)), rate, bit_depth="32f")
+    seen = []
+    results, _ = demo_mod.separate_queries(path, None, ["vocals"], out_dir=tmp_path / "out",
+                                           progress=lambda f, m: seen.append((f, m)))
+    fractions = [f for f, _ in seen]
+    assert len(fractions) >= 3 and fractions == sorted(fractions) and fractions[-1] == pytest.approx(1.0)
+    assert all(m.startswith("separating vocals: chunk") for _, m in seen)
+    assert sf.info(results[0]["target"]).frames == rate * 20
