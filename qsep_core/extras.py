@@ -4,7 +4,8 @@ The extras (``pyproject.toml``; ``./install.sh`` installs all of them):
 
 * ``evaluation``: museval + musdb (MUSDB18 evaluation; they also need the ``ffmpeg`` program);
 * ``plots``: matplotlib (``qsep detect --plot``, benchmark figures);
-* ``hdf5``: h5py (PANNs-style HDF5 packs for SED training and mining).
+* ``hdf5``: h5py (PANNs-style HDF5 packs for SED training and mining);
+* ``demo``: gradio (``qsep demo``, the local web page).
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "evaluation": ("museval", "musdb"),
     "plots": ("matplotlib",),
     "hdf5": ("h5py",),
+    "demo": ("gradio",),
 }
 
 

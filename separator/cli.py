@@ -97,6 +97,7 @@ def separate(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs (default: refuse)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or summary (errors are still printed)."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Say how each query was encoded (the classes a text became with their weights, label matches, segments used)."),
+    plot: bool = typer.Option(False, "--plot", help="Also write the spectrograms of mixture / target / residual of each output to <target>.png (needs the plots extra)."),
 ) -> None:
     """Separate the queried sound from audio files; writes the target and the residual for each (file, query)."""
     from separator.batch import SeparationJob, plan_queries, run_jobs
@@ -105,6 +106,8 @@ def separate(
         fail(f"--format must be wav or flac, got {fmt!r}")
     if not 0 < jobs <= 64:
         fail(f"--jobs must be between 1 and 64, got {jobs}")
+    if plot:
+        _require_plots("--plot")
     from separator.api import check_chunking
     from separator.query.errors import QueryError
 
@@ -160,6 +163,7 @@ def separate(
         fail(str(exc))
     results = run_jobs(sep, files, conditions, job, jobs=jobs, console=None if quiet else console)
     failed = [r for r in results if r.error] + problems
+    plot_errors = _plot_separations(results, overwrite) if plot else []
     if not quiet:
         _print_separation_summary(results)
     for r in results:
@@ -172,6 +176,51 @@ def separate(
     if failed:
         console.print(f"[bold red]{len(failed)} of {len(results) + len(problems)} separations failed[/]", highlight=False)
         raise typer.Exit(1)
+    if plot_errors:
+        raise typer.Exit(1)
+
+
+def _require_plots(option: str) -> None:
+    """Exit with the extra to install when matplotlib is missing (checked before any work is done)."""
+    from qsep_core.extras import MissingExtraError, require
+
+    try:
+        require("matplotlib", "plots", option)
+    except MissingExtraError as exc:
+        fail(str(exc))
+
+
+def _plot_separations(results, overwrite: bool) -> list[str]:
+    """``--plot``: ``<target>.png`` with the spectrograms of mixture / target / residual per output; returns errors."""
+    from qsep_core.audio import AudioError
+    from separator.plots import plot_separation
+
+    errors = []
+    for r in results:
+        if r.error or r.target_path is None:
+            continue
+        png = Path(r.target_path).with_suffix(".png")
+        outputs = {"target": r.target_path, **({"residual": r.residual_path} if r.residual_path else {})}
+        try:
+            if png.exists() and not overwrite:
+                raise FileExistsError(f"{png} exists; refusing to overwrite it (pass --overwrite)")
+            plot_separation(r.input, outputs, png, title=f"{Path(r.input).name}: {r.query}")
+        except (AudioError, OSError) as exc:
+            errors.append(f"{png}: {exc}")
+            console.print(f"[bold red]error:[/] plot {png}: {exc}", highlight=False)
+    return errors
+
+
+def _draw_chart(draw, what: str) -> None:
+    """Draw an evaluation chart; a missing matplotlib or an unwritable file is a warning (the numbers are written)."""
+    from qsep_core.extras import MissingExtraError
+
+    try:
+        path = draw()
+    except (MissingExtraError, OSError, ValueError) as exc:
+        console.print(f"[yellow]warning:[/] no {what} chart: {exc}", highlight=False)
+        return
+    console.print(f"chart in {path}", highlight=False)
 
 
 def _device(device: str):
@@ -464,6 +513,29 @@ def _print_labels(model: str, as_json: bool) -> None:
                   highlight=False)
 
 
+@app.command()
+def demo(
+    model: Optional[str] = typer.Option(None, "--model", "-m", help=MODEL_HELP + " The page lists every model; this one is selected at start."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to serve on (0.0.0.0 to let other machines in)."),
+    port: int = typer.Option(7860, "--port", "-p", min=1, max=65535, help="Port to serve on."),
+    open_browser: bool = typer.Option(False, "--open", help="Open the page in the default browser."),
+) -> None:
+    """Start the local web page: upload or record audio, query by text / label / example, listen, look, download."""
+    from qsep_core.extras import MissingExtraError
+
+    try:
+        from separator.demo import build_demo, launch_options
+
+        page = build_demo(default_model=model)
+    except MissingExtraError as exc:
+        fail(str(exc))
+    console.print(f"qsep demo on http://{host}:{port}/ (Ctrl-C stops it)", highlight=False)
+    try:
+        page.launch(server_name=host, server_port=port, inbrowser=open_browser, quiet=True, **launch_options())
+    except OSError as exc:  # e.g. the port is taken
+        fail(f"cannot serve on {host}:{port}: {exc}")
+
+
 def _given(**options):
     """The options the user gave (not None), as config field overrides."""
     return {k: v for k, v in options.items() if v is not None}
@@ -710,6 +782,9 @@ def evaluate_musdb(
     except (FfmpegNotFoundError, CheckpointError, OSError, ValueError, KeyError, ImportError) as err:
         fail(str(err))
     typer.echo(ev.summary_markdown(summary))
+    from separator.plots import plot_musdb_summary
+
+    _draw_chart(lambda: plot_musdb_summary(summary, out / "summary.png"), "MUSDB18")
     for f in summary.get("failed", []):
         console.print(f"not scored: {f['track']} ({f['method']}): {f['error']}", highlight=False, markup=False)
     console.print(f"results in {out} (summary.json, summary.md)")
@@ -753,6 +828,9 @@ def evaluate_mixtures(
         console.print(f"reusing the mixture set in {out / 'mixture_set.json'}")
     typer.echo(mx.results_markdown(run.results))
     console.print(f"results in {run.json_path} / .md")
+    from separator.plots import collect_mixture_results, plot_mixture_results
+
+    _draw_chart(lambda: plot_mixture_results(collect_mixture_results(out), out / "results.png"), "mixtures")
 
 
 def _add_import_command(imp) -> None:

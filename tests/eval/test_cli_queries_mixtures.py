@@ -31,6 +31,8 @@ def test_cli_musdb_oracle_end_to_end(tiny_musdb, tmp_path):
     assert set(rows) == {"oracle-mixture", "oracle-irm"}
     assert all(rows["oracle-irm"]["sdr"][s] > rows["oracle-mixture"]["sdr"][s] + 10 for s in rows["oracle-irm"]["sdr"])
     assert "NON-STANDARD" in res.output
+    # the chart beside the summary: one panel, the oracle baselines as bars
+    assert (out / "summary.png").stat().st_size > 5000 and "chart in" in " ".join(res.output.split())
     est, rate = sf.read(out / "oracle-irm" / "zsass" / "estimates" / "A Steady" / "vocals.wav")
     assert rate == 32000 and est.shape == (64000,)  # 3 s -> one whole 2-s segment at 32 kHz
     # a later run with other settings in the same folder: its summary holds only its own results, and says so
@@ -186,6 +188,11 @@ def test_cli_mixtures_oracle(tmp_path):
     assert res.exit_code == 0, res.output
     results = json.loads((out / "results_oracle-mixture.json").read_text())
     assert not any(c["held_out"] for c in results["per_class"].values())
+    # the chart beside the results draws every method of the folder (here both oracles)
+    from separator.plots import collect_mixture_results
+
+    assert {r["method"] for r in collect_mixture_results(out)} == {"oracle-irm", "oracle-mixture"}
+    assert (out / "results.png").stat().st_size > 5000
 
 
 def _fake_model(monkeypatch, calls):

@@ -80,6 +80,29 @@ def test_one_file_stereo_44k_two_queries_with_residual(tmp_path, model_dir):
     assert not torch.allclose(a, b)  # different queries, different outputs
 
 
+@pytest.mark.slow
+def test_plot_writes_a_spectrogram_png_per_output_and_never_replaces_one(tmp_path, model_dir):
+    src = _tone_file(tmp_path / "song.wav", seconds=1.0)
+    out = tmp_path / "out"
+    args = ["separate", str(src), "--model", str(model_dir), "--text", "tone", "--text", "hum", "-o", str(out), "--plot",
+            "--quiet"]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    pngs = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png"))
+    assert pngs == ["song/hum.png", "song/tone.png"]
+    assert all((out / p).read_bytes()[:4] == b"\x89PNG" for p in pngs)
+    # a picture the user has is not replaced without --overwrite (the outputs are refused first anyway)
+    (out / "song" / "tone.wav").unlink()
+    (out / "song" / "no_tone.wav").unlink()
+    (out / "song" / "hum.wav").unlink()
+    (out / "song" / "no_hum.wav").unlink()
+    (out / "song" / "tone.png").write_bytes(b"mine")
+    res = runner.invoke(app, args)
+    assert res.exit_code == 1 and "tone.png exists" in flat(res)
+    assert (out / "song" / "tone.png").read_bytes() == b"mine"
+    assert (out / "song" / "hum.png").read_bytes()[:4] == b"\x89PNG"
+
+
 def test_folder_glob_template_and_refusal_to_overwrite(tmp_path, model_dir):
     d = tmp_path / "in"
     (d / "sub").mkdir(parents=True)
