@@ -561,10 +561,21 @@ def _training_output() -> None:
     """Show the training runner's banner, progress lines and warnings on stderr (plain lines, log-file friendly)."""
     import logging
 
+    class CurrentStderr(logging.StreamHandler):
+        """Writes to whatever ``sys.stderr`` is when a record is emitted (not the stream of the first call)."""
+
+        @property
+        def stream(self):
+            return sys.stderr
+
+        @stream.setter
+        def stream(self, value):
+            pass
+
     for name in ("qsep_core", "sed", "separator"):
         lg = logging.getLogger(name)
         if not any(getattr(h, "_qsep", False) for h in lg.handlers):
-            h = logging.StreamHandler(sys.stderr)
+            h = CurrentStderr()
             h.setFormatter(logging.Formatter("%(message)s"))
             h._qsep = True  # type: ignore[attr-defined]
             lg.addHandler(h)
