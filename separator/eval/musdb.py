@@ -384,14 +384,21 @@ def score_sisec18(
     Returns:
         ``{"stems": {stem: {"sdr_median", "frame_sdr", "mdx_sdr", ...}}, "museval_json": <museval's TrackStore JSON text>}``
         (NaN frames, where the reference is silent, are ``None`` in ``frame_sdr``).
+
+    A stem whose reference is digital silence over the whole evaluated range cannot be scored (BSS Eval
+    refuses the whole track then): it is left out and reported as ``{"not_scored": reason, "sdr_median": None,
+    ...}``, and the other stems are scored among themselves. Their SDR is unchanged by this (BSS Eval v4's
+    image SDR depends on a stem's own reference and estimate only); their SIR / SAR are computed without the
+    silent stem.
+
+    Raises:
+        ValueError: every stem is silent.
     """
     museval = import_museval()
-    stems = list(references)
-    silent = [s for s in stems if not np.any(references[s])]
-    if silent:
-        # BSS Eval cannot score a track with an all-zero reference (museval refuses it for every stem)
-        raise ValueError(f"track {name!r}: stem(s) {silent} are digital silence in the evaluated range, which BSS Eval "
-                         "cannot score (a --duration that ends before the stem starts does this)")
+    silent = [s for s in references if not np.any(references[s])]
+    stems = [s for s in references if s not in silent]
+    if not stems:
+        raise ValueError(f"track {name!r}: every stem is digital silence in the evaluated range; nothing to score")
     refs = np.stack([references[s].T for s in stems]).astype(np.float64)  # (sources, time, channels)
     ests = np.stack([estimates[s].T for s in stems]).astype(np.float64)  # (sources, time, channels)
     win = int(round(protocol.window_seconds * sample_rate))
@@ -414,6 +421,13 @@ def score_sisec18(
             "nan_frames": sum(v is None for v in frames),
             "mdx_sdr": float(mdx),
         }
+    for s in silent:
+        result["stems"][s] = {
+            "sdr_median": None, "frame_sdr": [], "frames": 0, "nan_frames": 0, "mdx_sdr": None,
+            "not_scored": "the reference is digital silence in the evaluated range (a --duration that ends before "
+                          "the stem starts does this); BSS Eval cannot score it",
+        }
+    result["stems"] = {s: result["stems"][s] for s in references}  # the stems in their usual order
     result["museval_json"] = store.json
     return result
 
@@ -799,10 +813,12 @@ def summarize(out: str | os.PathLike, track_names: Sequence[str] | None = None,
             "description": results[0].get("description", ""),
             "tracks": len(results),
             "sdr": {s: _median(r["stems"][s]["sdr_median"] for r in results) for s in stems},
+            # tracks in which a stem could not be scored (a silent reference), per stem
+            "not_scored": {s: n for s in stems if (n := sum("not_scored" in r["stems"][s] for r in results))},
         }
         if proto_name == "sisec18":
-            mdx = {s: [r["stems"][s]["mdx_sdr"] for r in results] for s in stems}
-            row["mdx_sdr_mean"] = {s: float(np.mean(v)) for s, v in mdx.items()}
+            mdx = {s: [r["stems"][s]["mdx_sdr"] for r in results if r["stems"][s]["mdx_sdr"] is not None] for s in stems}
+            row["mdx_sdr_mean"] = {s: float(np.mean(v)) if v else None for s, v in mdx.items()}
             row["mdx_sdr_median"] = {s: _median(v) for s, v in mdx.items()}
         vals = [v for v in row["sdr"].values() if v is not None]
         row["sdr_mean_over_stems"] = float(np.mean(vals)) if vals else None
@@ -844,6 +860,10 @@ def summary_markdown(summary: Mapping[str, Any]) -> str:
             lines.append(f"| {r['method']} | " + " | ".join(_fmt(r["sdr"][s]) for s in stems)
                          + f" | {_fmt(r['sdr_mean_over_stems'])} | {r['tracks']} |")
         lines.append("")
+        for r in rows:
+            if r.get("not_scored"):
+                lines += [f"{r['method']}: not scored (reference silent in the evaluated range): "
+                          + ", ".join(f"{s} in {n} track(s)" for s, n in r["not_scored"].items()), ""]
         if proto_name == "sisec18":
             lines += ["MDX-style whole-track SDR (mean over tracks):", ""]
             lines += ["| method | " + " | ".join(stems) + " |", "|---" * (len(stems) + 1) + "|"]

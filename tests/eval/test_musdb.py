@@ -167,8 +167,8 @@ def test_missing_ffmpeg_says_how_to_install(monkeypatch, tiny_musdb):
 
 @pytest.mark.slow
 def test_unscorable_tracks_are_reported_and_the_others_scored(tiny_musdb, tmp_path):
-    """A stem that is digital silence in the evaluated range (issue 17), or a stem shorter than the mixture, is
-    reported by track and stem; the other tracks are still scored."""
+    """A stem that is digital silence in the evaluated range (issue 17) is left out and reported, and the track's
+    other stems are scored; a stem shorter than the mixture fails its track, by name; the other tracks go on."""
     import shutil
 
     import soundfile as sf
@@ -183,9 +183,13 @@ def test_unscorable_tracks_are_reported_and_the_others_scored(tiny_musdb, tmp_pa
     out = tmp_path / "out"
     summary = M.evaluate_musdb(copy, [MixtureOracle()], out, protocol="sisec18", duration=2.0)
     failed = {f["track"]: f["error"] for f in summary["failed"]}
-    assert set(failed) == {"B Late Vocals", "C Short Bass"}
-    assert "['vocals']" in failed["B Late Vocals"] and "digital silence" in failed["B Late Vocals"]
+    assert set(failed) == {"C Short Bass"}
     assert "'bass'" in failed["C Short Bass"] and "fewer than the mixture" in failed["C Short Bass"]
     (row,) = summary["rows"]
-    assert row["tracks"] == 1  # A Steady was scored
+    assert row["tracks"] == 2  # A Steady, and B Late Vocals without its silent vocals
+    assert row["not_scored"] == {"vocals": 1}
+    late = json.loads((out / "oracle-mixture" / "sisec18" / "tracks" / "B Late Vocals.json").read_text())
+    assert late["stems"]["vocals"]["sdr_median"] is None and "digital silence" in late["stems"]["vocals"]["not_scored"]
+    assert all(late["stems"][s]["sdr_median"] is not None for s in ("drums", "bass", "other"))
     assert json.loads((out / "failed.json").read_text()) == summary["failed"]
+    assert "vocals in 1 track(s)" in (out / "summary.md").read_text()
