@@ -24,7 +24,7 @@ def _config(tmp_path, manifest, **changes):
         "devices": 1,
         "progress": False,
         "log_every_n_steps": 1,
-        "checkpoint_every_steps": 4,
+        "checkpoint_every_n_steps": 4,
         "mixing": {"val_size": 8, "val_fraction": 0.0},
     }
     base.update(changes)
@@ -94,3 +94,18 @@ def test_resume_after_a_kill_continues_to_the_same_weights(tmp_path):
     sa, sb = ModelFolder(straight).state_dict("separator"), ModelFolder(resumed).state_dict("separator")
     assert sa.keys() == sb.keys()
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+@pytest.mark.slow
+def test_resume_mid_epoch_with_a_worker_and_augmentation_is_exact(tmp_path):
+    """Stopped in the middle of an epoch (data order, mixing, augmentation and dropout RNG all mid-stream), with a
+    DataLoader worker: the resumed run ends on the weights of the uninterrupted one, bit for bit."""
+    manifest = write_synthetic_manifest(tmp_path, per_class=4, seconds=0.25, extra_multi_label=False)
+    common = {"epoch_size": 32, "batch_size": 4, "num_workers": 1, "max_epochs": 5, "checkpoint_every_n_steps": 3,
+              "mixing": {"val_size": 4, "val_fraction": 0.0, "snr_db": [-5.0, 5.0], "level_dbfs": [-30.0, -10.0],
+                         "bandlimit_prob": 0.5, "reverb_prob": 0.5}}
+    straight = train_separator(_config(tmp_path / "a", manifest, max_steps=6, **common))
+    train_separator(_config(tmp_path / "b", manifest, max_steps=3, export=False, **common))  # stops at step 3 of 8
+    resumed = train_separator(_config(tmp_path / "b", manifest, max_steps=6, **common))
+    sa, sb = ModelFolder(straight).state_dict("separator"), ModelFolder(resumed).state_dict("separator")
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)

@@ -422,3 +422,36 @@ def test_clip_longer_than_the_model_clip_is_refused(tmp_path):
     cfg = load_sed_config(None, {"data.train": "x.csv", "data.clip_seconds": 2.0})
     with pytest.raises(ConfigError, match="clip_seconds=2.0"):
         build_datasets(cfg, ClassList(("a",)), SR, CLIP)
+
+
+def test_bad_clips_stop_the_run_by_name_unless_skipping_is_allowed(tmp_path, caplog):
+    """A corrupt training clip stops SED training naming it (strict default); max_bad_clips=1 skips it, warns,
+    and trains to the end; a class whose clips are all missing on disk is named in a warning."""
+    from qsep_core.training import BadClipError
+
+    _corpus(tmp_path)
+    with (tmp_path / "train.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    gone_class = rows[-1]["labels"].split(";")[0]
+    kept = [r for r in rows if gone_class not in r["labels"].split(";")] + [{"path": "train_wav/nowhere.wav", "labels": gone_class}]
+    bad = tmp_path / kept[0]["path"]
+    bad.write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk")
+    with (tmp_path / "train2.csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, ["path", "labels"], extrasaction="ignore")
+        w.writeheader()
+        w.writerows(kept)
+
+    def cfg(out, **extra):
+        return load_sed_config(REPO / "configs" / "sed_tiny.yaml", {
+            **_base_overrides(out), "data.train": str(tmp_path / "train2.csv"), "data.val": str(tmp_path / "val.csv"),
+            "max_steps": 6, "val_every_n_steps": 6, "checkpoint_every_n_steps": 6, "data.balanced": False,
+            **extra})  # unbalanced: every clip is read in the first epoch (4 steps)
+
+    with pytest.raises(BadClipError, match=bad.name):
+        train_sed(cfg(tmp_path / "strict"), network_factory=fake_factory)
+    with caplog.at_level("WARNING"):
+        model_dir = train_sed(cfg(tmp_path / "lenient", max_bad_clips=1), network_factory=fake_factory)
+    assert ModelFolder(model_dir).metadata["global_step"] == 6
+    text = caplog.text
+    assert f"skipping bad training clip" in text and bad.name in text
+    assert "no training clip" in text and gone_class in text
