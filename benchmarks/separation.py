@@ -80,8 +80,10 @@ def _qsep_worker(job: dict) -> dict:
 
     from separator.api import Separator
     from separator.query import Query, QueryEncoder
+    from qsep_core.threads import resolve_threads
 
-    torch.set_num_threads(job["threads"])
+    threads = resolve_threads(job["threads"])  # "auto": qsep's default, measured now
+    torch.set_num_threads(threads)
     rate, channels = job.get("rate", RATE), job.get("channels", 2)
     kwargs = {k: job[k] for k in ("segment", "overlap", "batch_size") if job.get(k) is not None}
     loads: list[float] = []
@@ -130,7 +132,7 @@ def _qsep_worker(job: dict) -> dict:
             seconds, facts = run(src)
             times.append(seconds)
         wall = statistics.median(times)
-    return {**job, **facts, "wall_s": wall, "times_s": times, "runs": repeats, "rtf": job["seconds"] / wall, "peak_rss_mb": peak_rss_mb(),
+    return {**job, **facts, "threads_used": threads, "wall_s": wall, "times_s": times, "runs": repeats, "rtf": job["seconds"] / wall, "peak_rss_mb": peak_rss_mb(),
             "load_s": statistics.median(loads)}
 
 
@@ -138,7 +140,9 @@ def _demucs_worker(job: dict) -> dict:
     from demucs.apply import apply_model
     from demucs.htdemucs import HTDemucs
 
-    torch.set_num_threads(job["threads"])
+    from qsep_core.threads import resolve_threads
+
+    torch.set_num_threads(resolve_threads(job["threads"]))
     model = HTDemucs(sources=["drums", "bass", "other", "vocals"]).eval()
     g = torch.Generator().manual_seed(0)
     x = 0.1 * torch.randn(1, 2, int(job["seconds"] * RATE), generator=g)
@@ -182,7 +186,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--presets", nargs="*", default=["resunet_film_small", "zsass"])
     p.add_argument("--models", nargs="*", default=[], help="also time these trained models (folder or name, e.g. qsep-starter)")
     p.add_argument("--durations", nargs="+", type=float, default=[10, 180, 1800])
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", default="2", help="torch threads: a number or auto (qsep's default)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--segment", type=float, default=None, help="seconds (default: the API's)")
     p.add_argument("--overlap", type=float, default=None)
