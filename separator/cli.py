@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 
 from qsep_core.constants import ANCHOR_SECONDS
+from qsep_core.threads import THREADS_HELP
 from separator.defaults import DEFAULT_BATCH_SIZE, DEFAULT_FILENAME, DEFAULT_OVERLAP, DEFAULT_SEGMENT
 from separator.importers import IMPORTERS
 
@@ -100,6 +101,8 @@ def separate(
     fmt: str = typer.Option("wav", "--format", help="Output format: wav or flac."),
     bit_depth: str = typer.Option("16", "--bit-depth", help="16, 24 or 32f (float wav; keeps overs instead of clipping)."),
     jobs: int = typer.Option(1, "--jobs", "-j", help="Files separated in parallel."),
+    threads: str = typer.Option("auto", "--threads", help=THREADS_HELP),
+    full_band: bool = typer.Option(True, "--full-band/--model-band", help="Above the model's Nyquist (16 kHz), give the target the mask of the band just below (default); --model-band leaves that band in the residual."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs (default: refuse)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or summary (errors are still printed)."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Say how each query was encoded (the classes a text became with their weights, label matches, segments used)."),
@@ -111,6 +114,12 @@ def separate(
         fail(f"--format must be wav or flac, got {fmt!r}")
     if not 0 < jobs <= 64:
         fail(f"--jobs must be between 1 and 64, got {jobs}")
+    from qsep_core.threads import resolve_threads
+
+    try:
+        resolve_threads(None if threads.strip().lower() == "auto" else threads)
+    except ValueError as exc:
+        fail(f"--threads: {exc}")
     from separator.api import check_chunking
     from separator.query.errors import QueryError
 
@@ -158,7 +167,8 @@ def separate(
     import gc
 
     gc.collect()
-    sep = _load_separator(str(folder.path), device, segment, overlap, batch_size, bf16=bf16)
+    sep = _load_separator(str(folder.path), device, segment, overlap, batch_size, bf16=bf16, threads=threads,
+                          full_band=full_band)
     job = SeparationJob(out_dir=out, filename=filename, residual=residual, fmt=fmt.lower(), bit_depth=bit_depth, overwrite=overwrite)
     try:
         job.check_template()
@@ -210,7 +220,7 @@ def _open_separator_model(model: Optional[str]):
 
 
 def _load_separator(model: Optional[str], device: str, segment: Optional[float], overlap: Optional[float],
-                    batch_size: Optional[int], bf16: bool = False):
+                    batch_size: Optional[int], bf16: bool = False, **options):
     from qsep_core.checkpoint import CheckpointError
     from separator.api import Separator
 
@@ -219,7 +229,7 @@ def _load_separator(model: Optional[str], device: str, segment: Optional[float],
         _check_bf16(dev)
     kwargs = {k: v for k, v in (("segment", segment), ("overlap", overlap), ("batch_size", batch_size)) if v is not None}
     try:
-        return Separator.from_pretrained(model, device=dev, bf16=bf16, **kwargs)
+        return Separator.from_pretrained(model, device=dev, bf16=bf16, **kwargs, **options)
     except CheckpointError as exc:
         fail(str(exc))
 

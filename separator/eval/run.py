@@ -73,6 +73,10 @@ def load_model(model: str | os.PathLike | None = None, device: torch.device | st
     def separate(wav: torch.Tensor, sample_rate: int, condition: torch.Tensor) -> torch.Tensor:
         return sep.separate_condition(wav, sample_rate, condition).target
 
+    def separate_many(wav: torch.Tensor, sample_rate: int, conditions: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        return [r.target for r in sep.separate_conditions(wav, sample_rate, list(conditions))]
+
+    separate.many = separate_many  # every stem of a track in one pass (ConditionEstimator.estimate_many)
     return encode, separate
 
 
@@ -132,7 +136,8 @@ def musdb_estimators(root: str | os.PathLike, out: str | os.PathLike, *, model: 
             queries = build_stem_queries(train, embed_files=lambda files: encode(audio=[str(f) for f in files]),
                                          query_dir=query_dir or Path(out) / "queries", embedder_id=model_id)
             name = display
-        estimators.append(est_mod.ConditionEstimator(separate=separate, queries=queries, name=name, model_id=model_id))
+        estimators.append(est_mod.ConditionEstimator(separate=separate, queries=queries, name=name, model_id=model_id,
+                                                     separate_many=separate.many))
     return estimators
 
 
