@@ -7,7 +7,8 @@ each barrier for its descheduled member, so two threads on a 2-core machine with
 *slower* than one thread (issue 19: 21.6 s with 2 threads vs 11.7 s with 1 for 3 min of stereo). The
 default, :func:`default_threads`, is therefore the number of cores that are free *now*: the cores
 this process may run on (its CPU affinity) minus the cores other processes keep busy, measured from
-``/proc/stat`` over a short window, and never less than 1.
+``/proc/stat`` over a short window, never less than 1 and never more than the process was set to
+(``OMP_NUM_THREADS``, ``torch.set_num_threads``).
 
 :func:`torch_threads` sets the count for a block and restores the previous one, so a library call
 never leaves the process's setting changed. This module imports torch only inside :func:`torch_threads`.
@@ -24,7 +25,7 @@ __all__ = ["allowed_cores", "busy_cores", "default_threads", "resolve_threads", 
 
 #: the one description of the thread option (``qsep separate --threads``, the API's ``threads=``)
 THREADS_HELP = ("CPU threads: a number, or auto (the cores not kept busy by other processes right now, "
-                "measured over 0.1 s; at least 1).")
+                "measured over 0.1 s; at least 1, at most what OMP_NUM_THREADS allows).")
 
 #: how long :func:`busy_cores` watches ``/proc/stat``
 SAMPLE_SECONDS = 0.1
@@ -72,18 +73,33 @@ def busy_cores(sample_seconds: float = SAMPLE_SECONDS) -> float:
     return max(0.0, fraction) * allowed_cores()
 
 
-def default_threads(busy: float | None = None) -> int:
+#: a measurement of :func:`busy_cores` is reused for this long (a loop of short separations measures once)
+REUSE_SECONDS = 2.0
+_last: list[float] = []  # [time.monotonic(), busy] of the last measurement
+
+
+def default_threads(busy: float | None = None, cap: int | None = None) -> int:
     """Threads for torch now: the allowed cores minus the busy ones (see the module doc), at least 1.
 
-    ``busy``: cores kept busy by others (measured by :func:`busy_cores` when None).
+    ``busy``: cores kept busy by others (measured by :func:`busy_cores` when None; a measurement is reused
+    for :data:`REUSE_SECONDS`). ``cap``: never more than this (e.g. the count the process was set to with
+    ``OMP_NUM_THREADS`` or ``torch.set_num_threads``).
     """
-    busy = busy_cores() if busy is None else float(busy)
+    if busy is None:
+        now = time.monotonic()
+        if not _last or now - _last[0] > REUSE_SECONDS:
+            _last[:] = [now, busy_cores()]
+        busy = _last[1]
+    busy = float(busy)
+    if cap is not None:
+        return max(1, min(int(cap), default_threads(busy)))
     whole = math.floor(busy + (1 - BUSY_FRACTION))  # busy < 0.4 -> 0 cores taken, 0.4 .. 1.4 -> 1, ...
     return max(1, allowed_cores() - whole)
 
 
 def resolve_threads(threads: int | str | None) -> int | None:
-    """``"auto"`` -> :func:`default_threads`; a positive int (or its string) as is; None -> None (leave torch alone).
+    """``"auto"`` -> :func:`default_threads`, capped at torch's current count (what ``OMP_NUM_THREADS`` or
+    ``torch.set_num_threads`` set); a positive int (or its string) as is; None -> None (leave torch alone).
 
     Raises:
         ValueError: not ``auto``, None or a positive integer.
@@ -92,7 +108,9 @@ def resolve_threads(threads: int | str | None) -> int | None:
         return None
     if isinstance(threads, str):
         if threads.strip().lower() == "auto":
-            return default_threads()
+            import torch
+
+            return default_threads(cap=torch.get_num_threads())
         try:
             threads = int(threads)
         except ValueError:
