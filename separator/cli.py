@@ -695,6 +695,7 @@ def evaluate_musdb(
     save_estimates: bool = typer.Option(False, "--save-estimates", help="Also write the estimates as wav files."),
     oracle: list[str] = typer.Option([], "--oracle", help="Oracle baseline(s) to add: mixture, irm (repeatable; alone: no model is evaluated)."),
     device: str = typer.Option("auto", "--device", "-d", help=DEVICE_HELP),
+    full_band: bool = typer.Option(True, "--full-band/--model-band", help="Above the model's Nyquist, give each stem the mask of the band just below (default), or leave that band out of every stem."),
 ) -> None:
     """Evaluate on MUSDB18 / MUSDB18-HQ (SiSEC18 or ZS-ASS protocol)."""
     from qsep_core.checkpoint import CheckpointError
@@ -717,7 +718,7 @@ def evaluate_musdb(
             summary = run_musdb(root, out, model=model, oracles=oracle, protocol=protocol, subset=subset, tracks=tracks,
                                 duration=duration, text_queries=text_queries, stem_texts=texts or None,
                                 query_dir=query_dir, jobs=jobs, save_estimates=save_estimates, progress=update,
-                                device=dev)
+                                device=dev, full_band=full_band)
     except (FfmpegNotFoundError, CheckpointError, OSError, ValueError, KeyError, ImportError) as err:
         fail(str(err))
     typer.echo(ev.summary_markdown(summary))

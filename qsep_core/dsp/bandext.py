@@ -30,6 +30,19 @@ __all__ = ["extend_band", "band_stft"]
 WINDOW_SECONDS = 0.0464
 
 
+def _broadcast(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[int, ...]:
+    """Broadcast shape of ``a`` and ``b`` (``torch.broadcast_shapes`` imports sympy on first use: ~0.4 s).
+
+    Raises:
+        ValueError: the shapes do not broadcast.
+    """
+    n = max(len(a), len(b))
+    a, b = (1,) * (n - len(a)) + a, (1,) * (n - len(b)) + b
+    if any(x != y and 1 not in (x, y) for x, y in zip(a, b)):
+        raise ValueError(f"mixture {a} and target {b} do not broadcast")
+    return tuple(max(x, y) if 1 in (x, y) else x for x, y in zip(a, b))
+
+
 def band_stft(rate: int) -> StftConfig:
     """The STFT of :func:`extend_band` at ``rate``: a power-of-two Hann window of ~46 ms, hop a quarter of it."""
     n_fft = 2 ** round(math.log2(max(16.0, WINDOW_SECONDS * rate)))
@@ -64,7 +77,7 @@ def extend_band(mixture: torch.Tensor, target: torch.Tensor, rate: int, cutoff: 
     if not 0 <= ref_low < cross_low < cross_high <= cutoff:
         raise ValueError(f"band edges must satisfy 0 <= ref_low < cross_low < cross_high <= cutoff, got "
                          f"{ref_low}, {cross_low}, {cross_high}, {cutoff}")
-    shape = torch.broadcast_shapes(mixture.shape, target.shape)
+    shape = _broadcast(tuple(mixture.shape), tuple(target.shape))
     if rate / 2 <= cutoff:
         return target.expand(shape)
     cfg = band_stft(rate)
@@ -73,11 +86,13 @@ def extend_band(mixture: torch.Tensor, target: torch.Tensor, rate: int, cutoff: 
         return target.expand(shape)
     x = stft(mixture.float(), cfg)  # (..., bins, frames)
     t = stft(target.float(), cfg)  # (..., bins, frames)
-    freqs = torch.linspace(0, rate / 2, cfg.n_bins, device=x.device)  # (bins,)
-    ref = (freqs >= ref_low) & (freqs < cross_low)
-    mask = t.abs()[..., ref, :].sum(-2) / x.abs()[..., ref, :].sum(-2).clamp(min=1e-8)  # (..., frames)
+    hz_per_bin = rate / cfg.n_fft
+    k_ref, k_cross = math.ceil(ref_low / hz_per_bin), math.ceil(cross_low / hz_per_bin)  # plain slices, no masks
+    mask = t[..., k_ref:k_cross, :].abs().sum(-2) / x[..., k_ref:k_cross, :].abs().sum(-2).clamp(min=1e-8)  # (..., frames)
     mask = mask.clamp(0.0, 1.0)[..., None, :]  # (..., 1, frames)
+    freqs = torch.arange(k_cross, cfg.n_bins, device=x.device) * hz_per_bin  # (high bins,)
     ramp = ((freqs - cross_low) / (cross_high - cross_low)).clamp(0.0, 1.0)
-    gate = (0.5 - 0.5 * torch.cos(math.pi * ramp))[:, None]  # (bins, 1): 0 below cross_low, 1 above cross_high
-    correction = istft(gate * (mask * x - t), cfg, length)  # (..., time)
+    gate = (0.5 - 0.5 * torch.cos(math.pi * ramp))[:, None]  # (high bins, 1): 0 at cross_low, 1 above cross_high
+    high = gate * (mask * x[..., k_cross:, :] - t[..., k_cross:, :])  # (..., high bins, frames)
+    correction = istft(torch.nn.functional.pad(high, (0, 0, k_cross, 0)), cfg, length)  # (..., time)
     return target + correction.to(target.dtype)
