@@ -138,7 +138,7 @@ def musdb_estimators(root: str | os.PathLike, out: str | os.PathLike, *, model: 
                                          query_dir=query_dir or Path(out) / "queries", embedder_id=model_id)
             name = display
         estimators.append(est_mod.ConditionEstimator(separate=separate, queries=queries, name=name, model_id=model_id,
-                                                     separate_many=separate.many))
+                                                     separate_many=getattr(separate, "many", None)))
     return estimators
 
 

@@ -145,3 +145,14 @@ def test_cli_import_pulls_in_no_torch():
             "if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_cli_bad_threads_is_one_line(tmp_path):
+    from typer.testing import CliRunner
+
+    from separator.cli import app
+
+    src = tmp_path / "a.wav"
+    audio.save(src, torch.zeros(1, 1600), 16000)
+    res = CliRunner().invoke(app, ["separate", str(src), "--label", "Dog", "--threads", "zero", "-o", str(tmp_path / "o")])
+    assert res.exit_code == 1 and "--threads" in res.output and "Traceback" not in res.output
