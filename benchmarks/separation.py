@@ -3,7 +3,7 @@
     python -m benchmarks.separation [--presets resunet_film_small zsass] [--models qsep-starter] [--durations 10 180 1800]
                                      [--rate 44100] [--channels 2] [--threads 2] [--device cpu]
                                      [--segment S] [--overlap F] [--batch-size N] [--repeats 3]
-                                     [--queries N] [--bf16] [--query-encoder] [--name separation] [--out benchmarks/results]
+                                     [--queries N] [--one-pass] [--bf16] [--query-encoder] [--name separation] [--out benchmarks/results]
 
 Every (preset, duration) runs in its own process on a file streamed from and to disk
 (``Separator.separate_file_condition``; 44.1 kHz stereo unless ``--rate``/``--channels`` say otherwise),
@@ -80,8 +80,10 @@ def _qsep_worker(job: dict) -> dict:
 
     from separator.api import Separator
     from separator.query import Query, QueryEncoder
+    from qsep_core.threads import resolve_threads
 
-    torch.set_num_threads(job["threads"])
+    threads = resolve_threads(job["threads"])  # "auto": qsep's default, measured now
+    torch.set_num_threads(threads)
     rate, channels = job.get("rate", RATE), job.get("channels", 2)
     kwargs = {k: job[k] for k in ("segment", "overlap", "batch_size") if job.get(k) is not None}
     loads: list[float] = []
@@ -113,8 +115,13 @@ def _qsep_worker(job: dict) -> dict:
             sep = Separator.from_pretrained(job["model"], device=job["device"], bf16=job.get("bf16", False))
             loads.append(time.perf_counter() - t0)
             t0 = time.perf_counter()
-            for q in range(job.get("queries", 1)):  # several queries: one pass each, as `qsep separate`
-                sep.separate_file_condition(path, tmp / f"t{q}.wav", tmp / f"r{q}.wav", cond.roll(q), **kwargs)
+            n_q = job.get("queries", 1)
+            if job.get("one_pass"):  # every query in one pass, as `qsep separate` does
+                sep.separate_file_conditions(path, [(tmp / f"t{q}.wav", tmp / f"r{q}.wav") for q in range(n_q)],
+                                             [cond.roll(q) for q in range(n_q)], **kwargs)
+            else:  # one pass per query (before issue 19)
+                for q in range(n_q):
+                    sep.separate_file_condition(path, tmp / f"t{q}.wav", tmp / f"r{q}.wav", cond.roll(q), **kwargs)
             seconds += time.perf_counter() - t0
             facts = {"overlap": sep.overlap if job.get("overlap") is None else job["overlap"],
                      "params_m": sum(p.numel() for p in sep.model.parameters()) / 1e6,
@@ -130,7 +137,7 @@ def _qsep_worker(job: dict) -> dict:
             seconds, facts = run(src)
             times.append(seconds)
         wall = statistics.median(times)
-    return {**job, **facts, "wall_s": wall, "times_s": times, "runs": repeats, "rtf": job["seconds"] / wall, "peak_rss_mb": peak_rss_mb(),
+    return {**job, **facts, "threads_used": threads, "wall_s": wall, "times_s": times, "runs": repeats, "rtf": job["seconds"] / wall, "peak_rss_mb": peak_rss_mb(),
             "load_s": statistics.median(loads)}
 
 
@@ -138,7 +145,9 @@ def _demucs_worker(job: dict) -> dict:
     from demucs.apply import apply_model
     from demucs.htdemucs import HTDemucs
 
-    torch.set_num_threads(job["threads"])
+    from qsep_core.threads import resolve_threads
+
+    torch.set_num_threads(resolve_threads(job["threads"]))
     model = HTDemucs(sources=["drums", "bass", "other", "vocals"]).eval()
     g = torch.Generator().manual_seed(0)
     x = 0.1 * torch.randn(1, 2, int(job["seconds"] * RATE), generator=g)
@@ -182,7 +191,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--presets", nargs="*", default=["resunet_film_small", "zsass"])
     p.add_argument("--models", nargs="*", default=[], help="also time these trained models (folder or name, e.g. qsep-starter)")
     p.add_argument("--durations", nargs="+", type=float, default=[10, 180, 1800])
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", default="2", help="torch threads: a number or auto (qsep's default)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--segment", type=float, default=None, help="seconds (default: the API's)")
     p.add_argument("--overlap", type=float, default=None)
@@ -190,7 +199,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--rate", type=int, default=RATE, help="sample rate of the test file")
     p.add_argument("--channels", type=int, default=2, help="channels of the test file")
     p.add_argument("--repeats", type=int, default=3, help="timed runs per input (median; 1 above 5 minutes)")
-    p.add_argument("--queries", type=int, default=1, help="queries per input (4: the four MUSDB stems, one pass each)")
+    p.add_argument("--queries", type=int, default=1, help="queries per input (4: the four MUSDB stems)")
+    p.add_argument("--one-pass", action="store_true", help="all queries in one pass (qsep separate's way) instead of one pass each")
     p.add_argument("--bf16", action="store_true", help="bfloat16 autocast (GPU, or a CPU with AVX512-BF16/AMX)")
     p.add_argument("--query-encoder", action="store_true", help="load the HTS-AT audio query encoder and encode a query per run")
     p.add_argument("--demucs-seconds", type=float, default=60, help="0 to skip HT Demucs")
@@ -220,7 +230,7 @@ def main(argv: list[str] | None = None) -> None:
                 _model_folder(model, name, a.query_encoder)
             for sec in a.durations:
                 job = {"preset": name, "model": str(model), "seconds": sec, "threads": a.threads, "device": a.device,
-                       "rate": a.rate, "channels": a.channels, "repeats": a.repeats, "query_encoder": a.query_encoder, "bf16": a.bf16, "queries": a.queries,
+                       "rate": a.rate, "channels": a.channels, "repeats": a.repeats, "query_encoder": a.query_encoder, "bf16": a.bf16, "queries": a.queries, "one_pass": a.one_pass,
                        "segment": a.segment, "overlap": a.overlap, "batch_size": a.batch_size}
                 rows.append(run_worker("benchmarks.separation", job))
                 print(rows[-1], file=sys.stderr)
@@ -233,7 +243,7 @@ def main(argv: list[str] | None = None) -> None:
                                                              "repeats": a.repeats}))
         except ImportError:
             print("demucs is not installed (pip install demucs): skipping the HT Demucs comparison", file=sys.stderr)
-    cols = [("preset", "model"), ("queries", "queries"), ("bf16", "bf16"), ("seconds", "input s"), ("segment_s", "segment s"), ("overlap", "overlap"),
+    cols = [("preset", "model"), ("queries", "queries"), ("one_pass", "one pass"), ("bf16", "bf16"), ("seconds", "input s"), ("segment_s", "segment s"), ("overlap", "overlap"),
             ("wall_s", "wall s"), ("runs", "runs"), ("rtf", "x real time"), ("peak_rss_mb", "peak RSS MB"),
             ("params_m", "params M"), ("error", "error")]
     notes = (f"{a.rate} Hz, {a.channels} channel(s), {a.queries} quer{'y' if a.queries == 1 else 'ies'}{' (HTS-AT audio query encoded per run)' if a.query_encoder else ''}, "

@@ -13,8 +13,16 @@ How inputs are handled:
 * The model runs at its own rate (32 kHz for every shipped preset). Each chunk
   is resampled to the model rate, separated, and resampled back, so the result
   is at the input's rate. For inputs above 32 kHz (44.1 / 48 kHz) the model
-  only sees content up to 16 kHz: the target holds nothing above 16 kHz and
-  that band ends up in the residual.
+  only sees content up to 16 kHz; with ``full_band`` (the default) the band
+  above gets the target's mask from the band just below it
+  (:func:`qsep_core.dsp.extend_band`), without it that band all ends up in the residual.
+* Several queries of one input run in one pass (:meth:`Separator.separate_conditions`,
+  :meth:`Separator.separate_file_conditions`): each chunk is read, resampled and
+  transformed once and the queries form one batch; each output equals that of a
+  one-query run to float rounding.
+* CPU threads: ``threads="auto"`` (the default) uses the cores not kept busy by other
+  processes right now (:func:`qsep_core.threads.default_threads`), set for each call and
+  restored after it.
 * ``residual = mixture - target``, so target + residual equals the mixture
   (to float rounding).
 * Long inputs are cut into overlapping chunks (``segment`` seconds, ``overlap``
@@ -37,7 +45,8 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 import torch
 
 from qsep_core import audio as audio_io
-from qsep_core.dsp import chunked_apply, chunked_apply_stream
+from qsep_core.dsp import chunked_apply, chunked_apply_stream, extend_band
+from qsep_core.threads import resolve_threads, torch_threads
 from separator.checkpoint import CheckpointError, ModelFolder
 from separator.defaults import DEFAULT_BATCH_SIZE, DEFAULT_FILENAME, DEFAULT_OVERLAP, DEFAULT_SEGMENT, RESIDUAL_PREFIX
 from separator.models import prepare_for_inference
@@ -218,6 +227,12 @@ class Separator:
             padding (:meth:`~separator.models.QueryUNetConfig.padding_free_length`:
             6 s -> 5.755 s for ``zsass``, 6.075 s for ``resunet_film_small``), and run an
             input shorter than one segment as a single chunk of its own length.
+        threads: CPU threads torch uses during each separation call: a number, ``"auto"`` (the cores
+            not kept busy by other processes, measured at the call; see :mod:`qsep_core.threads`) or
+            None (leave torch's setting alone). Ignored on CUDA when ``"auto"``.
+        full_band: above the model's Nyquist (inputs at more than twice the model rate), give the
+            target the mask of the band just below (:func:`qsep_core.dsp.extend_band`); False keeps
+            the old behaviour (that band all goes to the residual).
     """
 
     def __init__(
@@ -230,6 +245,8 @@ class Separator:
         batch_size: int = DEFAULT_BATCH_SIZE,
         bf16: bool = False,
         snap_segment: bool = True,
+        threads: int | str | None = "auto",
+        full_band: bool = True,
     ):
         self.model = model.eval()
         self.model_folder = model_folder
@@ -242,6 +259,9 @@ class Separator:
         self.batch_size = int(batch_size)
         self.bf16 = bool(bf16)
         self.snap_segment = bool(snap_segment)
+        resolve_threads(threads if threads != "auto" else None)  # a bad value is an error now, not at the first call
+        self.threads = threads
+        self.full_band = bool(full_band)
 
     @classmethod
     def from_pretrained(
@@ -259,7 +279,7 @@ class Separator:
                 default (see :func:`qsep_core.hub.resolve_model`).
             device: ``"auto"`` (CUDA if available, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
 
-        Extra keyword arguments go to the constructor (segment, overlap, batch_size, bf16).
+        Extra keyword arguments go to the constructor (segment, overlap, batch_size, bf16, threads, full_band).
 
         Raises:
             CheckpointError: the model is not found, malformed, or holds no ``query_unet`` ``component``.
@@ -444,6 +464,7 @@ class Separator:
         to keep overs). Existing outputs are never replaced unless ``overwrite``, and an output that would
         land on the input itself is always refused. ``track`` is the ``{track}`` of the output names (default
         :func:`track_name`); folders made for the outputs are removed again if the separation fails.
+        Several queries of one file: :meth:`separate_file_queries` (one pass).
 
         Raises:
             qsep_core.audio.AudioWriteError: an output exists (without ``overwrite``), is the input, or cannot be
@@ -454,13 +475,28 @@ class Separator:
         vec, result = self._resolve_condition(condition, text, audio, label, embedding, negative, weights)
         if name is None:
             name = result.query.short_name() if result is not None else "condition"
+        out = self.separate_file_queries(path, {name: result if result is not None else vec}, out_dir=out_dir,
+                                         filename=filename, residual=residual, format=format, bit_depth=bit_depth,
+                                         overwrite=overwrite, track=track, **chunking)
+        return out[name]
+
+    def output_paths(self, path: str | os.PathLike, name: str, out_dir: str | os.PathLike = "separated",
+                     filename: str = DEFAULT_FILENAME, residual: bool = True, format: str = "wav",
+                     overwrite: bool = False, track: str | None = None) -> tuple[Path, Path | None]:
+        """``(target path, residual path | None)`` of query ``name`` on input ``path``, checked before any work.
+
+        Raises:
+            qsep_core.audio.AudioWriteError: an output exists (without ``overwrite``) or is the input itself.
+            ValueError: an unusable ``filename`` template.
+        """
         ext = format.lower().lstrip(".")
         track = track_name(path) if track is None else track
         target_path = output_path(out_dir, filename, track, slugify(name), ext, model=self.model_name)
         residual_path = (output_path(out_dir, filename, track, RESIDUAL_PREFIX + slugify(name), ext, model=self.model_name)
                          if residual else None)
-        outputs = [p for p in (target_path, residual_path) if p is not None]
-        for p in outputs:
+        for p in (target_path, residual_path):
+            if p is None:
+                continue
             if _same_file(p, Path(path)):
                 raise audio_io.AudioWriteError(
                     f"output {p} is the input file itself; refusing to replace an input with its separation "
@@ -468,12 +504,52 @@ class Separator:
                 )
             if p.exists() and not overwrite:
                 raise audio_io.AudioWriteError(f"{p} exists; refusing to overwrite it (pass overwrite=True / --overwrite)")
+        return target_path, residual_path
+
+    def separate_file_queries(
+        self,
+        path: str | os.PathLike,
+        queries: dict[str, Any],
+        out_dir: str | os.PathLike = "separated",
+        filename: str = DEFAULT_FILENAME,
+        residual: bool = True,
+        format: str = "wav",
+        bit_depth: str = "16",
+        overwrite: bool = False,
+        track: str | None = None,
+        **chunking: Any,
+    ) -> dict[str, dict[str, Any]]:
+        """Separate a file for several queries in one pass (read, resample and transform each chunk once).
+
+        Args:
+            queries: ``{name: condition}``, each a ``(cond_dim,)`` tensor or a :class:`ConditionResult`
+                (from :meth:`encode_query`); ``name`` gives the ``{query}`` of its output files.
+            others: as :meth:`separate_file`; ``chunking`` as :meth:`separate_file_conditions`.
+
+        Returns:
+            ``{name: {"target": Path, "residual": Path | None, "writers": {...}, "query": ConditionResult | None}}``;
+            each output equals that of a one-query :meth:`separate_file` to float rounding.
+
+        Raises:
+            As :meth:`separate_file`; every output is checked (:meth:`output_paths`) before any is written,
+            and a failure leaves none of them behind.
+        """
+        from separator.query.compose import ConditionResult
+
+        if not queries:
+            raise ValueError("give at least one query")
+        names = list(queries)
+        paths = [self.output_paths(path, n, out_dir, filename, residual, format, overwrite, track) for n in names]
+        flat = [p for pair in paths for p in pair if p is not None]
+        if len({str(p) for p in flat}) != len(flat):
+            raise ValueError(f"two queries of {path} would write the same output; give them distinct names")
+        conds = [q.condition if isinstance(q, ConditionResult) else q for q in queries.values()]
         made: list[Path] = []
         try:
-            for p in outputs:
+            for p in flat:
                 made += _make_folders(p.parent)
-            writers = self.separate_file_condition(path, target_path, residual_path, vec, bit_depth=bit_depth,
-                                                   overwrite=overwrite, **chunking)
+            writers = self.separate_file_conditions(path, paths, conds, bit_depth=bit_depth, overwrite=overwrite,
+                                                    **chunking)
         except BaseException:
             for folder in reversed(made):  # only the folders made here, and only while empty
                 try:
@@ -481,21 +557,43 @@ class Separator:
                 except OSError:
                     pass
             raise
-        return {"target": target_path, "residual": residual_path, "writers": writers, "query": result}
+        return {n: {"target": t, "residual": r, "writers": w,
+                    "query": q if isinstance(q, ConditionResult) else None}
+                for n, (t, r), w, q in zip(names, paths, writers, queries.values())}
 
     # ------------------------------------------------------------------ core
-    def _condition(self, condition: torch.Tensor) -> torch.Tensor:
-        cond = torch.as_tensor(condition, dtype=torch.float32)
-        if cond.dim() == 2 and cond.shape[0] == 1:
-            cond = cond[0]
-        if cond.dim() != 1 or cond.shape[0] != self.cond_dim:
+    def _conditions(self, conditions: Any) -> torch.Tensor:
+        """``(queries, cond_dim)`` float32 on the device from a ``(cond_dim,)`` / ``(Q, cond_dim)`` tensor or a sequence.
+
+        Raises:
+            ValueError: no condition, a wrong size, or NaN/inf values.
+        """
+        if isinstance(conditions, (list, tuple)):
+            if not conditions:
+                raise ValueError("give at least one condition")
+            conditions = torch.stack([torch.as_tensor(c, dtype=torch.float32).reshape(-1) for c in conditions])
+        cond = torch.as_tensor(conditions, dtype=torch.float32)
+        if cond.dim() == 1:
+            cond = cond[None]
+        if cond.dim() != 2 or cond.shape[0] < 1 or cond.shape[1] != self.cond_dim:
             raise ValueError(
-                f"condition must have shape ({self.cond_dim},) or (1, {self.cond_dim}) for this model, "
+                f"condition must have shape ({self.cond_dim},) or (queries, {self.cond_dim}) for this model, "
                 f"got {tuple(cond.shape)}"
             )
         if not torch.isfinite(cond).all():
             raise ValueError("condition holds NaN/inf values")
         return cond.to(self.device)
+
+    def _condition(self, condition: torch.Tensor) -> torch.Tensor:
+        """One ``(cond_dim,)`` condition on the device (``(1, cond_dim)`` accepted).
+
+        Raises:
+            ValueError: a wrong size (also several queries), or NaN/inf values.
+        """
+        cond = self._conditions(condition)
+        if cond.shape[0] != 1:
+            raise ValueError(f"condition must have shape ({self.cond_dim},) or (1, {self.cond_dim}), got {tuple(cond.shape)}")
+        return cond[0]
 
     def _autocast(self):
         if not self.bf16:
@@ -503,21 +601,45 @@ class Separator:
         check_bf16(self.device)
         return torch.autocast(self.device.type, dtype=torch.bfloat16)
 
+    def _threads(self, threads: int | str | None = None) -> int | None:
+        """The torch thread count for one call (None: leave torch alone); see the ``threads`` attribute."""
+        threads = self.threads if threads is None else threads
+        if threads == "auto" and self.device.type != "cpu":
+            return None
+        return resolve_threads(threads)
+
+    def _run_model(self, mix: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """``mix (B, 1, L)`` at the model rate, ``cond (Q, D)`` -> ``(B, Q, 1, L)``: one STFT per row when the model can."""
+        with self._autocast():
+            if cond.shape[0] == 1:  # the module's own forward (and its hooks)
+                return self.model(mix, cond.expand(mix.shape[0], -1))[:, None]
+            many = getattr(self.model, "forward_queries", None)
+            if many is not None:
+                return many(mix, cond)
+            q = cond.shape[0]
+            y = self.model(mix.repeat_interleave(q, dim=0), cond.repeat(mix.shape[0], 1))  # (B * Q, 1, L)
+            return y.reshape(mix.shape[0], q, *y.shape[1:])
+
     def _chunk_fn(self, cond: torch.Tensor, in_rate: int) -> Callable[[torch.Tensor], torch.Tensor]:
-        """Chunk function for :mod:`qsep_core.dsp.chunked`: ``(n, C, L)`` at ``in_rate`` -> ``(n, 2, C, L)`` (target, residual)."""
+        """Chunk function for :mod:`qsep_core.dsp.chunked`: ``(n, C, L)`` at ``in_rate`` -> ``(n, Q, 2, C, L)``
+        (target, residual per query) for ``cond (Q, D)``."""
         model_rate = self.sample_rate
+        queries = cond.shape[0]
+        full_band = self.full_band and in_rate > 2 * (model_rate / 2)
 
         def fn(x: torch.Tensor) -> torch.Tensor:
             n, channels, length = x.shape
-            mix = x.to(self.device, torch.float32).reshape(n * channels, 1, length)  # (n*C, 1, L)
+            x = x.to(self.device, torch.float32)
+            mix = x.reshape(n * channels, 1, length)  # (n*C, 1, L)
             y = audio_io.resample(mix, in_rate, model_rate)  # (n*C, 1, L')
-            with self._autocast():
-                y = self.model(y, cond.expand(y.shape[0], -1))
-            y = audio_io.resample(y.float(), model_rate, in_rate)[..., :length]  # (n*C, 1, <=L)
+            y = self._run_model(y, cond).float()  # (n*C, Q, 1, L')
+            y = audio_io.resample(y[:, :, 0], model_rate, in_rate)[..., :length]  # (n*C, Q, <=L)
             if y.shape[-1] < length:
                 y = torch.nn.functional.pad(y, (0, length - y.shape[-1]))
-            target = y.reshape(n, channels, length)
-            out = torch.stack([target, x.to(target.device, torch.float32) - target], dim=1)  # (n, 2, C, L)
+            target = y.reshape(n, channels, queries, length).transpose(1, 2)  # (n, Q, C, L)
+            if full_band:
+                target = extend_band(x[:, None], target, in_rate, model_rate / 2)  # (n, Q, C, L)
+            out = torch.stack([target, x[:, None] - target], dim=2)  # (n, Q, 2, C, L)
             if not bool(torch.isfinite(out).all()):
                 peak = float(x.abs().max())
                 why = (f"the input peaks at {peak:.3g}, far beyond full scale (1.0): scale it down"
@@ -554,6 +676,7 @@ class Separator:
         batch_size: int | None = None,
         device: torch.device | str | None = None,
         progress: Progress | None = None,
+        threads: int | str | None = None,
     ) -> SeparationResult:
         """Separate the source described by ``condition`` from ``waveform``.
 
@@ -566,6 +689,7 @@ class Separator:
             batch_size: chunks per model call (default :attr:`batch_size`).
             device: run on this device (moves the model there).
             progress: ``progress(chunks_done, chunks_total)`` after each batch.
+            threads: CPU threads for this call (default :attr:`threads`).
 
         Returns:
             :class:`SeparationResult` with ``target`` and ``residual`` shaped like
@@ -575,6 +699,35 @@ class Separator:
             ValueError: a waveform that is not 1-d or 2-d, a non-positive rate or segment, or a condition
                 of the wrong shape or not finite.
             qsep_core.audio.EmptyAudioError, qsep_core.audio.NonFiniteAudioError: the waveform is empty or not finite.
+        """
+        self._condition(condition)  # exactly one query
+        return self.separate_conditions(waveform, sample_rate, condition, segment=segment, overlap=overlap,
+                                        batch_size=batch_size, device=device, progress=progress, threads=threads)[0]
+
+    def separate_conditions(
+        self,
+        waveform: torch.Tensor,
+        sample_rate: int,
+        conditions: torch.Tensor | Sequence[torch.Tensor],
+        segment: float | None = None,
+        overlap: float | None = None,
+        batch_size: int | None = None,
+        device: torch.device | str | None = None,
+        progress: Progress | None = None,
+        threads: int | str | None = None,
+    ) -> list[SeparationResult]:
+        """Separate several sources from ``waveform`` in one pass: one :class:`SeparationResult` per condition.
+
+        Each chunk is resampled and transformed once; the queries run as one batch (``batch_size`` chunks
+        x channels x queries rows per model call). Each result equals :meth:`separate_condition` with that
+        condition alone, to float rounding.
+
+        Args:
+            conditions: ``(queries, cond_dim)`` or a sequence of ``(cond_dim,)`` vectors.
+            others: as :meth:`separate_condition`.
+
+        Raises:
+            As :meth:`separate_condition`.
         """
         wav = torch.as_tensor(waveform)
         if wav.dim() not in (1, 2):
@@ -588,15 +741,18 @@ class Separator:
             self.to(device)
         mono = wav.dim() == 1
         x = wav.to(torch.float32)[None] if mono else wav.to(torch.float32)  # (channels, time)
-        cond = self._condition(condition)
+        cond = self._conditions(conditions)  # (Q, D)
         seg, ov, bs = self._chunking(int(sample_rate), x.shape[-1], segment, overlap, batch_size)
-        with torch.inference_mode():
-            out = chunked_apply(self._chunk_fn(cond, int(sample_rate)), x, seg, ov, bs, progress=progress)  # (2, C, T)
+        with torch_threads(self._threads(threads)), torch.inference_mode():
+            out = chunked_apply(self._chunk_fn(cond, int(sample_rate)), x, seg, ov, bs, progress=progress)  # (Q, 2, C, T)
         out = out.cpu()
-        target, residual = out[0], out[1]
-        if mono:
-            target, residual = target[0], residual[0]
-        return SeparationResult(target=target, residual=residual, sample_rate=int(sample_rate))
+        results = []
+        for q in range(out.shape[0]):
+            target, residual = out[q, 0], out[q, 1]
+            if mono:
+                target, residual = target[0], residual[0]
+            results.append(SeparationResult(target=target, residual=residual, sample_rate=int(sample_rate)))
+        return results
 
     def separate_file_condition(
         self,
@@ -611,6 +767,7 @@ class Separator:
         progress: Progress | None = None,
         bit_depth: str = "16",
         overwrite: bool = True,
+        threads: int | str | None = None,
     ) -> dict[str, audio_io.AudioWriter]:
         """Stream ``in_path`` through the separator into target and/or residual files.
 
@@ -623,31 +780,66 @@ class Separator:
             ValueError: no output path, or a condition of the wrong shape.
             qsep_core.audio.AudioError: the input cannot be read, or an output cannot be written.
         """
-        if out_path_target is None and out_path_residual is None:
+        self._condition(condition)  # exactly one query
+        return self.separate_file_conditions(in_path, [(out_path_target, out_path_residual)], condition, segment=segment,
+                                             overlap=overlap, batch_size=batch_size, device=device, progress=progress,
+                                             bit_depth=bit_depth, overwrite=overwrite, threads=threads)[0]
+
+    def separate_file_conditions(
+        self,
+        in_path: str | os.PathLike,
+        outputs: Sequence[tuple[str | os.PathLike | None, str | os.PathLike | None]],
+        conditions: torch.Tensor | Sequence[torch.Tensor],
+        segment: float | None = None,
+        overlap: float | None = None,
+        batch_size: int | None = None,
+        device: torch.device | str | None = None,
+        progress: Progress | None = None,
+        bit_depth: str = "16",
+        overwrite: bool = True,
+        threads: int | str | None = None,
+    ) -> list[dict[str, audio_io.AudioWriter]]:
+        """Stream ``in_path`` through the separator once for several queries (see :meth:`separate_conditions`).
+
+        ``outputs[q]`` is ``(target path | None, residual path | None)`` of ``conditions[q]``. Returns the
+        writers of each query, as :meth:`separate_file_condition`. Memory does not grow with the file length.
+
+        Raises:
+            ValueError: as many outputs as conditions are needed, each with at least one path.
+            qsep_core.audio.AudioError: the input cannot be read, or an output cannot be written (no output
+                of this call is then left behind).
+        """
+        cond = self._conditions(conditions)  # (Q, D)
+        if len(outputs) != cond.shape[0]:
+            raise ValueError(f"give one (target, residual) pair per condition: {len(outputs)} for {cond.shape[0]}")
+        if any(t is None and r is None for t, r in outputs):
             raise ValueError("give out_path_target and/or out_path_residual")
         if device is not None:
             self.to(device)
-        cond = self._condition(condition)
+            cond = cond.to(self.device)
         with audio_io.AudioReader(in_path) as reader:
             rate, channels = reader.sample_rate, reader.channels
-            writers = {
-                name: audio_io.AudioWriter(path, rate, channels, bit_depth=bit_depth, overwrite=overwrite,
-                                           tag=audio_io.OUTPUT_SOFTWARE_TAG)
-                for name, path in (("target", out_path_target), ("residual", out_path_residual)) if path is not None
-            }
+            writers = [
+                {name: audio_io.AudioWriter(path, rate, channels, bit_depth=bit_depth, overwrite=overwrite,
+                                            tag=audio_io.OUTPUT_SOFTWARE_TAG)
+                 for name, path in (("target", target), ("residual", residual)) if path is not None}
+                for target, residual in outputs
+            ]
             seg, ov, bs = self._chunking(rate, reader.frames, segment, overlap, batch_size)
             with contextlib.ExitStack() as stack:
-                for w in writers.values():
-                    stack.enter_context(w)
+                for per_query in writers:
+                    for w in per_query.values():
+                        stack.enter_context(w)
 
-                def write(block: torch.Tensor) -> None:  # (2, C, m)
+                def write(block: torch.Tensor) -> None:  # (Q, 2, C, m)
                     block = block.cpu()
-                    if "target" in writers:
-                        writers["target"].write(block[0])
-                    if "residual" in writers:
-                        writers["residual"].write(block[1])
+                    for q, per_query in enumerate(writers):
+                        if "target" in per_query:
+                            per_query["target"].write(block[q, 0])
+                        if "residual" in per_query:
+                            per_query["residual"].write(block[q, 1])
 
-                with torch.inference_mode():
+                with torch_threads(self._threads(threads)), torch.inference_mode():
                     chunked_apply_stream(
                         self._chunk_fn(cond, rate), reader.read, write, reader.frames, seg, ov, bs, progress=progress
                     )

@@ -1,7 +1,9 @@
 """Batch separation of many files with several queries: what ``qsep separate`` runs.
 
-Each query is encoded once and reused for every input; each (input, query) pair is streamed from disk to
-disk by :meth:`separator.api.Separator.separate_file`. A failing input (unreadable, corrupt, existing
+Each query is encoded once and reused for every input; each input is streamed from disk to disk once for
+all its queries by :meth:`separator.api.Separator.separate_file_queries` (every chunk read, resampled and
+transformed once, the queries as one batch). A (input, query) pair whose output cannot be written (it
+exists, or is the input) is reported and the other queries of that input still run. A failing input (unreadable, corrupt, existing
 output) is recorded and the others go on. Inputs with the same stem (``a/song.wav``, ``b/song.wav``) get
 distinct ``{track}`` names (``song``, ``song_2``), so one never writes over another's outputs. An
 interrupt (Ctrl-C, SIGTERM) stops every running pair at its next chunk; their temporary files are removed.
@@ -93,19 +95,36 @@ def plan_queries(
     return out
 
 
-def _one(sep: Separator, path: Path, name: str, condition: Any, job: SeparationJob, progress: Any,
-         track: str | None = None, cancel: threading.Event | None = None) -> JobResult:
+def _one(sep: Separator, path: Path, conditions: dict[str, Any], job: SeparationJob, progress: Any,
+         track: str | None = None, cancel: threading.Event | None = None) -> list[JobResult]:
+    """Every query of one input in one pass; one :class:`JobResult` per query (each with the pass's time)."""
     from qsep_core import audio
 
-    res = JobResult(path, name)
-    task = None
+    results = {name: JobResult(path, name) for name in conditions}
+
+    def failed(exc: BaseException) -> str:
+        return str(exc) if isinstance(exc, (audio.AudioError, Cancelled)) else f"{type(exc).__name__}: {exc}"
+
     if cancel is not None and cancel.is_set():
-        res.error = "not started: interrupted"
-        return res
+        for r in results.values():
+            r.error = "not started: interrupted"
+        return list(results.values())
+    runnable = {}
+    for name, cond in conditions.items():  # outputs that cannot be written fail alone, before any work
+        try:
+            sep.output_paths(path, name, job.out_dir, job.filename, job.residual, job.fmt, job.overwrite, track)
+            runnable[name] = cond
+        except (audio.AudioError, ValueError) as exc:
+            results[name].error = failed(exc)
+    task = None
     try:
-        res.duration = audio.info(path).duration
+        if not runnable:
+            return list(results.values())
+        duration = audio.info(path).duration
+        for r in results.values():
+            r.duration = duration
         if progress is not None:
-            task = progress.add_task(f"{path.name} [{name}]", total=None)
+            task = progress.add_task(f"{path.name} [{', '.join(runnable)}]", total=None)
 
         def tick(done: int, total: int) -> None:
             if cancel is not None and cancel.is_set():
@@ -114,20 +133,23 @@ def _one(sep: Separator, path: Path, name: str, condition: Any, job: SeparationJ
                 progress.update(task, completed=done, total=total)
 
         t0 = time.perf_counter()
-        out = sep.separate_file(path, job.out_dir, condition=condition.condition, name=name, filename=job.filename,
-                                residual=job.residual, format=job.fmt, bit_depth=job.bit_depth,
-                                overwrite=job.overwrite, progress=tick, track=track)
-        res.seconds = time.perf_counter() - t0
-        res.target_path, res.residual_path = out["target"], out["residual"]
-        res.clipped = sum(w.clipped for w in out["writers"].values())
-        res.peak = max((w.peak for w in out["writers"].values()), default=0.0)
-        if progress is not None:
-            progress.remove_task(task)
-    except Exception as exc:  # every failure of one input is reported, the rest go on
-        res.error = str(exc) if isinstance(exc, (audio.AudioError, Cancelled)) else f"{type(exc).__name__}: {exc}"
+        out = sep.separate_file_queries(path, {n: c.condition for n, c in runnable.items()}, out_dir=job.out_dir,
+                                        filename=job.filename, residual=job.residual, format=job.fmt,
+                                        bit_depth=job.bit_depth, overwrite=job.overwrite, progress=tick, track=track)
+        seconds = time.perf_counter() - t0
+        for name, o in out.items():
+            r = results[name]
+            r.seconds = seconds
+            r.target_path, r.residual_path = o["target"], o["residual"]
+            r.clipped = sum(w.clipped for w in o["writers"].values())
+            r.peak = max((w.peak for w in o["writers"].values()), default=0.0)
+    except Exception as exc:  # every failure of one input is reported, the other inputs go on
+        for name in runnable:
+            results[name].error = failed(exc)
+    finally:
         if progress is not None and task is not None:
             progress.remove_task(task)
-    return res
+    return list(results.values())
 
 
 def run_jobs(
@@ -140,11 +162,12 @@ def run_jobs(
 ) -> list[JobResult]:
     """Separate every file with every encoded query (``{name: ConditionResult}``).
 
-    ``jobs`` pairs run in parallel threads (the model is shared; torch releases the GIL). With a rich
-    ``console``, shows an overall bar and one bar per running pair (chunks done / total).
+    Each file runs all its queries in one pass; ``jobs`` files run in parallel threads (the model is shared;
+    torch releases the GIL). With a rich ``console``, shows an overall bar (files) and one bar per running
+    file (chunks done / total). Returns one :class:`JobResult` per (file, query), files in order.
     """
     tracks = track_names(files)
-    pairs = [(Path(f), name, cond, track) for f, track in zip(files, tracks) for name, cond in conditions.items()]
+    inputs = [(Path(f), track) for f, track in zip(files, tracks)]
     cancel = threading.Event()
     progress = None
     if console is not None:
@@ -154,20 +177,20 @@ def run_jobs(
                             console=console, transient=False)
     results: list[JobResult] = []
     with progress if progress is not None else contextlib.nullcontext():
-        overall = progress.add_task("all", total=len(pairs)) if progress is not None else None
+        overall = progress.add_task("all", total=len(inputs)) if progress is not None else None
 
-        def work(pair: tuple[Path, str, Any, str]) -> JobResult:
-            r = _one(sep, pair[0], pair[1], pair[2], job, progress, track=pair[3], cancel=cancel)
+        def work(item: tuple[Path, str]) -> list[JobResult]:
+            r = _one(sep, item[0], conditions, job, progress, track=item[1], cancel=cancel)
             if progress is not None:
                 progress.advance(overall)
             return r
 
         if jobs <= 1:
-            results = [work(p) for p in pairs]
+            results = [r for item in inputs for r in work(item)]
         else:
             pool = ThreadPoolExecutor(max_workers=jobs)
             try:
-                results = list(pool.map(work, pairs))
+                results = [r for rs in pool.map(work, inputs) for r in rs]
             except BaseException:
                 # Ctrl-C / SIGTERM reach the main thread only: stop the workers at their next chunk and
                 # wait, so each removes its temporary files before the process exits
@@ -176,4 +199,3 @@ def run_jobs(
                 raise
             pool.shutdown(wait=True)
     return results
-

@@ -14,6 +14,7 @@ from rich.console import Console
 
 from qsep_core.constants import ANCHOR_SECONDS
 from qsep_core.text import plural
+from qsep_core.threads import THREADS_HELP
 from separator.defaults import DEFAULT_BATCH_SIZE, DEFAULT_FILENAME, DEFAULT_OVERLAP, DEFAULT_SEGMENT
 from separator.importers import IMPORTERS
 
@@ -94,6 +95,8 @@ def separate(
     fmt: str = typer.Option("wav", "--format", help="Output format: wav or flac."),
     bit_depth: str = typer.Option("16", "--bit-depth", help="16, 24 or 32f (float wav; keeps overs instead of clipping)."),
     jobs: int = typer.Option(1, "--jobs", "-j", help="Files separated in parallel."),
+    threads: str = typer.Option("auto", "--threads", help=THREADS_HELP),
+    full_band: bool = typer.Option(True, "--full-band/--model-band", help="Above the model's Nyquist (16 kHz), give the target the mask of the band just below (default); --model-band leaves that band in the residual."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs (default: refuse)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or summary (errors are still printed)."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Say how each query was encoded (the classes a text became with their weights, label matches, segments used)."),
@@ -108,6 +111,12 @@ def separate(
         fail(f"--jobs must be between 1 and 64, got {jobs}")
     if plot:
         _require_plots("--plot")
+    from qsep_core.threads import resolve_threads
+
+    try:
+        resolve_threads(None if threads.strip().lower() == "auto" else threads)
+    except ValueError as exc:
+        fail(f"--threads: {exc}")
     from separator.api import check_chunking
     from separator.query.errors import QueryError
 
@@ -155,7 +164,8 @@ def separate(
     import gc
 
     gc.collect()
-    sep = _load_separator(str(folder.path), device, segment, overlap, batch_size, bf16=bf16)
+    sep = _load_separator(str(folder.path), device, segment, overlap, batch_size, bf16=bf16, threads=threads,
+                          full_band=full_band)
     job = SeparationJob(out_dir=out, filename=filename, residual=residual, fmt=fmt.lower(), bit_depth=bit_depth, overwrite=overwrite)
     try:
         job.check_template()
@@ -253,7 +263,7 @@ def _open_separator_model(model: Optional[str]):
 
 
 def _load_separator(model: Optional[str], device: str, segment: Optional[float], overlap: Optional[float],
-                    batch_size: Optional[int], bf16: bool = False):
+                    batch_size: Optional[int], bf16: bool = False, **options):
     from qsep_core.checkpoint import CheckpointError
     from separator.api import Separator
 
@@ -262,7 +272,7 @@ def _load_separator(model: Optional[str], device: str, segment: Optional[float],
         _check_bf16(dev)
     kwargs = {k: v for k, v in (("segment", segment), ("overlap", overlap), ("batch_size", batch_size)) if v is not None}
     try:
-        return Separator.from_pretrained(model, device=dev, bf16=bf16, **kwargs)
+        return Separator.from_pretrained(model, device=dev, bf16=bf16, **kwargs, **options)
     except CheckpointError as exc:
         fail(str(exc))
 
@@ -767,6 +777,7 @@ def evaluate_musdb(
     save_estimates: bool = typer.Option(False, "--save-estimates", help="Also write the estimates as wav files."),
     oracle: list[str] = typer.Option([], "--oracle", help="Oracle baseline(s) to add: mixture, irm (repeatable; alone: no model is evaluated)."),
     device: str = typer.Option("auto", "--device", "-d", help=DEVICE_HELP),
+    full_band: bool = typer.Option(True, "--full-band/--model-band", help="Above the model's Nyquist, give each stem the mask of the band just below (default), or leave that band out of every stem."),
 ) -> None:
     """Evaluate on MUSDB18 / MUSDB18-HQ (SiSEC18 or ZS-ASS protocol)."""
     from qsep_core.checkpoint import CheckpointError
@@ -789,7 +800,7 @@ def evaluate_musdb(
             summary = run_musdb(root, out, model=model, oracles=oracle, protocol=protocol, subset=subset, tracks=tracks,
                                 duration=duration, text_queries=text_queries, stem_texts=texts or None,
                                 query_dir=query_dir, jobs=jobs, save_estimates=save_estimates, progress=update,
-                                device=dev)
+                                device=dev, full_band=full_band)
     except (FfmpegNotFoundError, CheckpointError, OSError, ValueError, KeyError, ImportError) as err:
         fail(str(err))
     typer.echo(ev.summary_markdown(summary))

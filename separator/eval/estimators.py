@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Protocol, runtime_checkable
+from typing import Any, Callable, Mapping, Protocol, Sequence, runtime_checkable
 
 import torch
 
 from qsep_core.dsp import StftConfig, istft, stft
 
-__all__ = ["Estimator", "MixtureOracle", "IdealRatioMask", "IRMConfig", "ConditionEstimator", "oracle", "ORACLES"]
+__all__ = ["Estimator", "MixtureOracle", "IdealRatioMask", "IRMConfig", "ConditionEstimator", "oracle", "ORACLES", "estimate_stems"]
 
 
 @runtime_checkable
@@ -124,6 +124,9 @@ class ConditionEstimator:
     name: str = "model"
     needs_references: bool = False
     model_id: str = ""
+    #: ``separate_many(mixture, sample_rate, [query, ...]) -> [estimate, ...]``: several stems in one pass
+    #: (:meth:`separator.api.Separator.separate_conditions`); None runs ``separate`` once per stem
+    separate_many: Callable[[torch.Tensor, int, list[Any]], list[torch.Tensor]] | None = None
 
     @property
     def fingerprint(self) -> str:
@@ -140,6 +143,25 @@ class ConditionEstimator:
         if stem not in self.queries:
             raise ValueError(f"no query for stem {stem!r}; have {sorted(self.queries)}")
         return self.separate(mixture, sample_rate, self.queries[stem])
+
+    def estimate_many(self, mixture, sample_rate, stems, references=None) -> dict[str, torch.Tensor]:
+        """``{stem: estimate}`` for every stem, in one pass when :attr:`separate_many` is set (see :func:`estimate_stems`)."""
+        if self.separate_many is None or self.queries is None:
+            return {s: self.estimate(mixture, sample_rate, s, references) for s in stems}
+        missing = [s for s in stems if s not in self.queries]
+        if missing:
+            raise ValueError(f"no query for stem {missing[0]!r}; have {sorted(self.queries)}")
+        return dict(zip(stems, self.separate_many(mixture, sample_rate, [self.queries[s] for s in stems])))
+
+
+def estimate_stems(estimator: Estimator, mixture: torch.Tensor, sample_rate: int, stems: Sequence[str],
+                   references: Mapping[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """``{stem: (channels, time) estimate}``: through the estimator's ``estimate_many`` when it has one (all
+    stems in one pass), else one :meth:`Estimator.estimate` per stem."""
+    many = getattr(estimator, "estimate_many", None)
+    if many is not None:
+        return many(mixture, sample_rate, list(stems), references)
+    return {s: estimator.estimate(mixture, sample_rate, s, references=references) for s in stems}
 
 
 #: Oracle baselines by the name the CLI uses (``--oracle mixture|irm``).

@@ -44,7 +44,7 @@ from qsep_core.constants import ANCHOR_SECONDS, SAMPLE_RATE
 from qsep_core.dsp import StftConfig, istft, stft
 from qsep_core.metrics import mdx_sdr
 from separator.eval.deps import import_musdb, import_museval
-from separator.eval.estimators import Estimator
+from separator.eval.estimators import Estimator, estimate_stems
 from separator.eval.wiener import wiener
 
 __all__ = [
@@ -341,8 +341,7 @@ def estimate_sisec18(track: TrackAudio, estimator: Estimator, stems: Sequence[st
     """Full-track estimates at the track's rate and channel count: stem -> ``(channels, time)``."""
     refs = track.stems if estimator.needs_references else None
     out = {}
-    for s in stems:
-        est = estimator.estimate(track.mixture, track.sample_rate, s, references=refs)
+    for s, est in estimate_stems(estimator, track.mixture, track.sample_rate, stems, refs).items():
         _check_estimate(est, track.mixture, estimator, s)
         out[s] = est.float()
     return out
@@ -472,8 +471,7 @@ def estimate_zsass(
     for i in range(0, mix.shape[0], protocol.batch_segments):
         chunk = mix[i : i + protocol.batch_segments]  # (batch, samples) — segments as channels
         chunk_refs = {s: r[i : i + protocol.batch_segments] for s, r in refs.items()} if estimator.needs_references else None
-        for s in stems:
-            est = estimator.estimate(chunk, protocol.sample_rate, s, references=chunk_refs)
+        for s, est in estimate_stems(estimator, chunk, protocol.sample_rate, stems, chunk_refs).items():
             _check_estimate(est, chunk, estimator, s)
             ests[s].append(est.float())
     est_t = {s: torch.cat(v) for s, v in ests.items()}

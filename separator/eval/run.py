@@ -53,7 +53,8 @@ def check_classes(names: Sequence[str], known: Sequence[str], option: str) -> No
                          f"the corpus has {len(known)} labels: {sorted(known)}")
 
 
-def load_model(model: str | os.PathLike | None = None, device: torch.device | str = "auto") -> tuple[Encode, Separate]:
+def load_model(model: str | os.PathLike | None = None, device: torch.device | str = "auto",
+               full_band: bool = True) -> tuple[Encode, Separate]:
     """A model as two callables: :data:`Encode` (its query encoders) and :data:`Separate` (its separator).
 
     ``model`` is resolved like every model argument (:func:`qsep_core.hub.resolve_model`; None: the shipped one).
@@ -64,7 +65,7 @@ def load_model(model: str | os.PathLike | None = None, device: torch.device | st
     from separator.api import Separator
     from separator.query.compose import Query, QueryEncoder
 
-    sep = Separator.from_pretrained(model, device=device)
+    sep = Separator.from_pretrained(model, device=device, full_band=full_band)
     encoder = QueryEncoder.from_model(sep.model_folder, device=sep.device)
 
     def encode(**query: Any) -> torch.Tensor:
@@ -73,6 +74,10 @@ def load_model(model: str | os.PathLike | None = None, device: torch.device | st
     def separate(wav: torch.Tensor, sample_rate: int, condition: torch.Tensor) -> torch.Tensor:
         return sep.separate_condition(wav, sample_rate, condition).target
 
+    def separate_many(wav: torch.Tensor, sample_rate: int, conditions: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        return [r.target for r in sep.separate_conditions(wav, sample_rate, list(conditions))]
+
+    separate.many = separate_many  # every stem of a track in one pass (ConditionEstimator.estimate_many)
     return encode, separate
 
 
@@ -94,7 +99,7 @@ def musdb_estimators(root: str | os.PathLike, out: str | os.PathLike, *, model: 
                      oracles: Sequence[str] = (), text_queries: bool = False,
                      stem_texts: dict[str, str] | None = None,
                      query_dir: str | os.PathLike | None = None,
-                     device: torch.device | str = "auto") -> list[est_mod.Estimator]:
+                     device: torch.device | str = "auto", full_band: bool = True) -> list[est_mod.Estimator]:
     """The estimators of a MUSDB18 run: the oracles named, then the model (named as ``qsep models`` lists it,
     ``<name>-text`` with text queries).
 
@@ -123,8 +128,8 @@ def musdb_estimators(root: str | os.PathLike, out: str | os.PathLike, *, model: 
                     "--text-queries (optionally --stem-text STEM=TEXT)"
                 ) from None
         path, display = _model_facts(model)
-        encode, separate = load_model(path, device=device)
-        model_id = str(path)
+        encode, separate = load_model(path, device=device, full_band=full_band)
+        model_id = str(path) if full_band else f"{path} model-band"  # a resumed run redoes tracks of the other mode
         if texts is not None:
             queries = {stem: encode(text=text) for stem, text in texts.items()}
             name = f"{display}-text"
@@ -132,7 +137,8 @@ def musdb_estimators(root: str | os.PathLike, out: str | os.PathLike, *, model: 
             queries = build_stem_queries(train, embed_files=lambda files: encode(audio=[str(f) for f in files]),
                                          query_dir=query_dir or Path(out) / "queries", embedder_id=model_id)
             name = display
-        estimators.append(est_mod.ConditionEstimator(separate=separate, queries=queries, name=name, model_id=model_id))
+        estimators.append(est_mod.ConditionEstimator(separate=separate, queries=queries, name=name, model_id=model_id,
+                                                     separate_many=getattr(separate, "many", None)))
     return estimators
 
 
@@ -142,7 +148,7 @@ def run_musdb(root: str | os.PathLike, out: str | os.PathLike, *, model: str | o
               text_queries: bool = False, stem_texts: dict[str, str] | None = None,
               query_dir: str | os.PathLike | None = None, jobs: int = 1,
               save_estimates: bool = False, progress: ProgressFn | None = None,
-              device: torch.device | str = "auto") -> dict[str, Any]:
+              device: torch.device | str = "auto", full_band: bool = True) -> dict[str, Any]:
     """Evaluate a model and/or oracles on MUSDB18 (:func:`separator.eval.musdb.evaluate_musdb`); returns the summary.
 
     The summary (``out/summary.json``) covers this run's settings only (earlier results in ``out`` with other
@@ -159,7 +165,7 @@ def run_musdb(root: str | os.PathLike, out: str | os.PathLike, *, model: str | o
 
     proto = ev.protocol_from_name(protocol)
     estimators = musdb_estimators(root, out, model=model, oracles=oracles, text_queries=text_queries,
-                                  stem_texts=stem_texts, query_dir=query_dir, device=device)
+                                  stem_texts=stem_texts, query_dir=query_dir, device=device, full_band=full_band)
     model_est = [e for e in estimators if isinstance(e, est_mod.ConditionEstimator)]
     run_info = {
         "model": model_est[0].model_id if model_est else None,

@@ -91,6 +91,22 @@ class QueryUNet(nn.Module):
         """
         return self.forward_debug(mixture, condition)["wav"]
 
+    def forward_queries(self, mixture: torch.Tensor, conditions: torch.Tensor) -> torch.Tensor:
+        """Separate several sources from each mixture in one call: the STFT of each mixture is taken once.
+
+        Args:
+            mixture: ``(batch, 1, time)`` waveform at ``config.sample_rate``.
+            conditions: ``(queries, cond_dim)``, the same queries for every mixture.
+
+        Returns:
+            ``(batch, queries, 1, time)``: row ``[b, q]`` equals ``forward(mixture[b:b+1], conditions[q:q+1])``
+            to float rounding (the network runs on ``batch * queries`` rows).
+        """
+        if conditions.dim() != 2 or conditions.shape[1] != self.config.cond_dim:
+            raise ValueError(f"conditions must be (queries, cond_dim={self.config.cond_dim}), got {tuple(conditions.shape)}")
+        wav = self._forward(mixture, conditions, queries=conditions.shape[0])["wav"]  # (batch * queries, 1, time)
+        return rearrange(wav, "(b q) 1 t -> b q 1 t", q=conditions.shape[0])
+
     def forward_debug(self, mixture: torch.Tensor, condition: torch.Tensor) -> dict[str, torch.Tensor]:
         """:meth:`forward` plus intermediate tensors for tests and analysis.
 
@@ -100,13 +116,18 @@ class QueryUNet(nn.Module):
             3 (``complex``: magnitude logit, phase re, phase im), Nyquist logits 0;
             ``sp`` masked magnitude (B, 1, frames, bins).
         """
+        if mixture.dim() == 3 and (condition.dim() != 2 or condition.shape != (mixture.shape[0], self.config.cond_dim)):
+            raise ValueError(
+                f"condition must be (batch={mixture.shape[0]}, cond_dim={self.config.cond_dim}), got {tuple(condition.shape)}"
+            )
+        return self._forward(mixture, condition, queries=1)
+
+    def _forward(self, mixture: torch.Tensor, condition: torch.Tensor, queries: int) -> dict[str, torch.Tensor]:
+        """The forward pass; ``condition`` is ``(B, D)`` for ``queries == 1``, else ``(queries, D)`` applied to every
+        mixture, and the outputs have ``B * queries`` rows ordered ``(mixture, query)``."""
         c = self.config
         if mixture.dim() != 3 or mixture.shape[1] != 1:
             raise ValueError(f"mixture must be (batch, 1, time), got {tuple(mixture.shape)}")
-        if condition.dim() != 2 or condition.shape != (mixture.shape[0], c.cond_dim):
-            raise ValueError(
-                f"condition must be (batch={mixture.shape[0]}, cond_dim={c.cond_dim}), got {tuple(condition.shape)}"
-            )
         length = mixture.shape[-1]
         x = mixture[:, 0].float()  # (batch, time)
         gain = None
@@ -114,18 +135,22 @@ class QueryUNet(nn.Module):
             gain = x.pow(2).mean(-1, keepdim=True).sqrt().clamp(min=LEVEL_FLOOR)  # (batch, 1) RMS
             x = x / gain
         if c.cond_norm:
-            condition = F.normalize(condition.float() - self.cond_center, dim=-1) * c.cond_dim ** 0.5  # (batch, cond_dim)
+            condition = F.normalize(condition.float() - self.cond_center, dim=-1) * c.cond_dim ** 0.5  # (B | Q, cond_dim)
         short = c.n_fft // 2 + 1 - length
         if c.center and short > 0:  # reflect padding needs more than n_fft/2 samples: zero-extend, crop at the end
             x = F.pad(x, (0, short))
         with torch.autocast(mixture.device.type, enabled=False):
             spec = stft(x, c.stft)  # (batch, bins, frames) complex
             spec = rearrange(spec, "b f n -> b 1 n f")  # (batch, 1, frames, bins)
+            if queries > 1:  # one STFT per mixture, one row per (mixture, query)
+                spec = spec.repeat_interleave(queries, dim=0)  # (batch * queries, 1, frames, bins)
+                condition = condition.repeat(x.shape[0], 1)  # (batch * queries, cond_dim)
+                gain = None if gain is None else gain.repeat_interleave(queries, dim=0)  # (batch * queries, 1)
             mag = spec.abs()  # no epsilon (official)
-        logits = self._network(mag, condition.to(mag.dtype))  # (batch, K, frames, bins)
+        logits = self._network(mag, condition.to(mag.dtype))  # (rows, K, frames, bins)
         with torch.autocast(mixture.device.type, enabled=False):
             logits = logits.float()
-            sp = torch.sigmoid(logits[:, :1]) * mag  # (batch, 1, frames, bins)
+            sp = torch.sigmoid(logits[:, :1]) * mag  # (rows, 1, frames, bins)
             denom = mag.clamp(min=c.phase_floor)
             cos, sin = spec.real / denom, spec.imag / denom
             if c.mask == "complex":
@@ -134,7 +159,7 @@ class QueryUNet(nn.Module):
                 pr, pi = pr / norm, pi / norm
                 cos, sin = cos * pr - sin * pi, sin * pr + cos * pi
             target = torch.complex(sp * cos, sp * sin)
-            wav = istft(rearrange(target, "b 1 n f -> b 1 f n"), c.stft, x.shape[-1])[..., :length]  # (batch, 1, time)
+            wav = istft(rearrange(target, "b 1 n f -> b 1 f n"), c.stft, x.shape[-1])[..., :length]  # (rows, 1, time)
             if gain is not None:
                 wav = wav * gain[:, :, None]
                 sp = sp * gain[:, :, None, None]
