@@ -13,7 +13,7 @@ How inputs are handled:
 * The model runs at its own rate (32 kHz for every shipped preset). Each chunk
   is resampled to the model rate, separated, and resampled back, so the result
   is at the input's rate. For inputs above 32 kHz (44.1 / 48 kHz) the model
-  only sees content up to 16 kHz; with ``full_band`` (the default) the band
+  only sees content up to 16 kHz; with ``full_band`` (opt-in) the band
   above gets the target's mask from the band just below it
   (:func:`qsep_core.dsp.extend_band`), without it that band all ends up in the residual.
 * Several queries of one input run in one pass (:meth:`Separator.separate_conditions`,
@@ -246,7 +246,7 @@ class Separator:
         bf16: bool = False,
         snap_segment: bool = True,
         threads: int | str | None = "auto",
-        full_band: bool = True,
+        full_band: bool = False,
     ):
         self.model = model.eval()
         self.model_folder = model_folder

@@ -54,7 +54,7 @@ def check_classes(names: Sequence[str], known: Sequence[str], option: str) -> No
 
 
 def load_model(model: str | os.PathLike | None = None, device: torch.device | str = "auto",
-               full_band: bool = True) -> tuple[Encode, Separate]:
+               full_band: bool = False) -> tuple[Encode, Separate]:
     """A model as two callables: :data:`Encode` (its query encoders) and :data:`Separate` (its separator).
 
     ``model`` is resolved like every model argument (:func:`qsep_core.hub.resolve_model`; None: the shipped one).
@@ -99,7 +99,7 @@ def musdb_estimators(root: str | os.PathLike, out: str | os.PathLike, *, model: 
                      oracles: Sequence[str] = (), text_queries: bool = False,
                      stem_texts: dict[str, str] | None = None,
                      query_dir: str | os.PathLike | None = None,
-                     device: torch.device | str = "auto", full_band: bool = True) -> list[est_mod.Estimator]:
+                     device: torch.device | str = "auto", full_band: bool = False) -> list[est_mod.Estimator]:
     """The estimators of a MUSDB18 run: the oracles named, then the model (named as ``qsep models`` lists it,
     ``<name>-text`` with text queries).
 
@@ -129,7 +129,7 @@ def musdb_estimators(root: str | os.PathLike, out: str | os.PathLike, *, model: 
                 ) from None
         path, display = _model_facts(model)
         encode, separate = load_model(path, device=device, full_band=full_band)
-        model_id = str(path) if full_band else f"{path} model-band"  # a resumed run redoes tracks of the other mode
+        model_id = f"{path} full-band" if full_band else str(path)  # a resumed run redoes tracks of the other mode
         if texts is not None:
             queries = {stem: encode(text=text) for stem, text in texts.items()}
             name = f"{display}-text"
@@ -148,7 +148,7 @@ def run_musdb(root: str | os.PathLike, out: str | os.PathLike, *, model: str | o
               text_queries: bool = False, stem_texts: dict[str, str] | None = None,
               query_dir: str | os.PathLike | None = None, jobs: int = 1,
               save_estimates: bool = False, progress: ProgressFn | None = None,
-              device: torch.device | str = "auto", full_band: bool = True) -> dict[str, Any]:
+              device: torch.device | str = "auto", full_band: bool = False) -> dict[str, Any]:
     """Evaluate a model and/or oracles on MUSDB18 (:func:`separator.eval.musdb.evaluate_musdb`); returns the summary.
 
     The summary (``out/summary.json``) covers this run's settings only (earlier results in ``out`` with other

@@ -211,7 +211,7 @@ def _fake_model(monkeypatch, calls):
         return 0.5 * wav
 
     monkeypatch.setattr(run, "load_model",
-                        lambda model, device="auto", full_band=True: (calls.setdefault("model", str(model)),
+                        lambda model, device="auto", full_band=False: (calls.setdefault("model", str(model)),
                                                                       calls.setdefault("full_band", full_band),
                                                                       (encode, separate))[2])
     monkeypatch.setattr(run, "_model_facts", lambda model: (Path(model), "model"))
@@ -233,11 +233,11 @@ def test_cli_musdb_model_glue(tiny_musdb, tmp_path, monkeypatch):
         assert all(Path(f).parent.parent == out / "queries" / "audio" for f in files)
     assert (out / "queries" / "vocals.npy").is_file()
     assert calls["condition"] and all(c.shape == (2,) for c in calls["condition"])
-    assert calls["full_band"] is True
+    assert calls["full_band"] is False  # the default: the model's band
     calls.pop("full_band")
-    res = runner.invoke(app, base + ["--model-band", "--out", str(tmp_path / "out_band")])
+    res = runner.invoke(app, base + ["--full-band", "--out", str(tmp_path / "out_band")])
     assert res.exit_code == 0, res.output
-    assert calls["full_band"] is False  # --model-band reaches the separator
+    assert calls["full_band"] is True  # --full-band reaches the separator
     res = runner.invoke(app, base + ["--text-queries", "--out", str(tmp_path / "out_text")])
     assert res.exit_code == 0, res.output
     from separator.eval.queries import DEFAULT_STEM_TEXTS
