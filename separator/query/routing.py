@@ -557,7 +557,7 @@ class TextRouter:
         """Raw scores of ``query``: ``(score (n_bank,), direct (n_bank,), how (n_bank strings), via (n_bank,)
         ontology index or -1 for the bank's own texts, node_scores (n_onto,), hops (n_bank,))``."""
         n_onto = len(self.ontology)
-        q = self.encoder.encode([query])[0]  # (dim,)
+        q = self.store.get([query])[0]  # (dim,); a text embedded before comes from the cache, no encoder is loaded
         raw = self._emb @ q  # (n_texts,) cosine similarities
         sims = raw * self._weight  # (n_texts,)
         best = torch.full((n_onto + len(self.names),), -1.0).scatter_reduce(0, self._owner, sims, reduce="amax")

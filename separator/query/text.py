@@ -29,6 +29,8 @@ saved with the projection, so the condition has the scale of real latents.
 """
 from __future__ import annotations
 
+import json
+
 import importlib.util
 import math
 from abc import ABC, abstractmethod
@@ -147,8 +149,6 @@ class MeanPoolTextEncoder(TextEncoder):
         batch_size: int = 64,
         device: str | torch.device | None = None,
     ) -> None:
-        from transformers import AutoModel, AutoTokenizer
-
         folder = Path(folder)
         if not folder.is_dir():
             raise QueryError(f"text encoder folder not found: {folder}")
@@ -157,10 +157,31 @@ class MeanPoolTextEncoder(TextEncoder):
         self.max_tokens = int(max_tokens)
         self.batch_size = int(batch_size)
         self.device = _device(device)
-        with _quiet_loading():
-            self.tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
-            self.model = AutoModel.from_pretrained(str(folder), local_files_only=True).to(self.device).eval()
-        self.dim = int(self.model.config.hidden_size)
+        try:
+            self.dim = int(json.loads((folder / "config.json").read_text())["hidden_size"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise QueryError(f"text encoder folder {folder}: cannot read hidden_size from config.json ({exc})") from None
+        # the network is loaded on the first encode(): a query whose text embedding is cached (the routing
+        # store keeps every text it has embedded) never imports transformers (start-up, issue 19)
+        self._tokenizer = self._model = None
+
+    def _load(self) -> None:
+        if self._model is None:
+            from transformers import AutoModel, AutoTokenizer
+
+            with _quiet_loading():
+                self._tokenizer = AutoTokenizer.from_pretrained(str(self.folder), local_files_only=True)
+                self._model = AutoModel.from_pretrained(str(self.folder), local_files_only=True).to(self.device).eval()
+
+    @property
+    def tokenizer(self):
+        self._load()
+        return self._tokenizer
+
+    @property
+    def model(self):
+        self._load()
+        return self._model
 
     @torch.no_grad()
     def encode(self, texts: Sequence[str]) -> torch.Tensor:

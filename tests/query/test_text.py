@@ -111,3 +111,21 @@ def test_projection_scales_to_latents_and_round_trips_through_a_model_folder(tmp
     assert back.prompts("dog") == ["dog", "the sound of dog"]
     with pytest.raises(QueryError, match="dim 7 but the projection expects 8"):
         back(torch.randn(2, 7))
+
+
+def test_a_text_seen_before_loads_no_text_encoder(tmp_path):
+    """Start-up (issue 19): the routing store caches every text it embeds, and MiniLM is loaded on first use, so a
+    text query asked before never imports transformers."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom separator.query import Query, QueryEncoder\n"
+            "res = QueryEncoder.from_model(None).encode(Query.build(text='a dog barking loudly'))\n"
+            "print(res.condition.shape[0], 'transformers' in sys.modules)\n")
+    env = {**os.environ, "QSEP_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    first = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    second = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0 and second.returncode == 0, first.stderr + second.stderr
+    assert first.stdout.split() == ["96", "True"]  # new text: MiniLM embeds it
+    assert second.stdout.split() == ["96", "False"]  # the same text again: from the cache, no transformers
