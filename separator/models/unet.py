@@ -162,7 +162,7 @@ class QueryUNet(nn.Module):
             condition = F.normalize(condition.float() - self.cond_center, dim=-1) * c.cond_dim ** 0.5  # (B, cond_dim)
         with torch.autocast(spec_real.device.type, enabled=False):
             spec_real, spec_imag = spec_real.float(), spec_imag.float()
-            mag = torch.hypot(spec_real, spec_imag)  # (batch, 1, frames, bins), no epsilon (official)
+            mag = torch.sqrt(spec_real**2 + spec_imag**2)  # (batch, 1, frames, bins), no epsilon (official)
         logits = self._network(mag, condition.to(mag.dtype))  # (batch, K, frames, bins)
         with torch.autocast(spec_real.device.type, enabled=False):
             logits = logits.float()
