@@ -5,7 +5,8 @@ The extras (``pyproject.toml``; ``./install.sh`` installs all of them):
 * ``evaluation``: museval + musdb (MUSDB18 evaluation; they also need the ``ffmpeg`` program);
 * ``plots``: matplotlib (``qsep detect --plot``, benchmark figures);
 * ``hdf5``: h5py (PANNs-style HDF5 packs for SED training and mining);
-* ``demo``: gradio (``qsep demo``, the local web page).
+* ``demo``: gradio (``qsep demo``, the local web page);
+* ``onnx``: onnx + onnxruntime + onnxscript (``qsep export --onnx`` and running the exported file).
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "plots": ("matplotlib",),
     "hdf5": ("h5py",),
     "demo": ("gradio",),
+    "onnx": ("onnx", "onnxruntime", "onnxscript"),
 }
 
 

@@ -497,6 +497,26 @@ def models(
     console.print(f"`qsep models --labels NAME` lists a model's labels; --model NAME works in every command", highlight=False)
 
 
+@app.command()
+def export(
+    onnx: Path = typer.Option(..., "--onnx", help="ONNX file to write: the separator network with its condition input (STFT / ISTFT stay outside; see README, 'ONNX export')."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help=MODEL_HELP),
+    opset: int = typer.Option(18, "--opset", help="ONNX opset (18 or newer)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing file (default: refuse)."),
+) -> None:
+    """Export the separator to ONNX, checked against PyTorch with onnxruntime before it is written."""
+    from qsep_core.checkpoint import CheckpointError
+    from qsep_core.extras import MissingExtraError
+    from separator.export import ExportError, export_onnx
+
+    try:
+        report = export_onnx(model, onnx, opset=opset, overwrite=overwrite)
+    except (CheckpointError, MissingExtraError, ExportError) as exc:
+        fail(str(exc))
+    console.print(f"wrote {report.path} ({report.size_mb:.1f} MB, opset {report.opset}); onnxruntime vs PyTorch on "
+                  f"{report.check_seconds:g} s of random input: max abs difference {report.max_abs_diff:.2g}", highlight=False)
+
+
 def _print_labels(model: str, as_json: bool) -> None:
     """``qsep models --labels MODEL``: the label bank of a model (names, synonyms, training counts)."""
     import json as _json

@@ -169,9 +169,13 @@ class DecoderStage(nn.Module):
         """(B, cin, T/2, F/2), skip (B, cout, T, F) -> (B, cout, T, F)."""
         rows, cols = skip.shape[2], skip.shape[3]
         x = self.up(x)
-        if not self.up_bn.training:  # only element-wise layers follow: prune first, touch less
+        # prune only when there is something to prune (kernel 3): a crop that is always a no-op (kernel 2) would
+        # leave torch.export (ONNX) with a crop size it cannot infer
+        prune = x.shape[2] != rows or x.shape[3] != cols
+        if prune and not self.up_bn.training:  # only element-wise layers follow: prune first, touch less
             x = x[:, :, :rows, :cols]
         x = bn_act_condition(self.up_bn, self.up_cond, self.act, x, cond)
-        x = x[:, :, :rows, :cols]  # prune the last row/col (kernel 3); training: after the batch statistics
+        if prune:
+            x = x[:, :, :rows, :cols]  # prune the last row/col (kernel 3); training: after the batch statistics
         assert x.shape == skip.shape, f"decoder/skip mismatch {tuple(x.shape)} vs {tuple(skip.shape)}"
         return self.blocks(torch.cat([x, skip], dim=1), cond)

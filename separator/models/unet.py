@@ -34,7 +34,7 @@ from qsep_core.dsp import istft, stft
 from separator.models.blocks import BlockStack, DecoderStage, EncoderStage
 from separator.models.config import QueryUNetConfig
 
-__all__ = ["QueryUNet", "build_from_config"]
+__all__ = ["QueryUNet", "build_from_config", "analyze", "synthesize"]
 
 #: RMS below which ``level_norm`` stops scaling up (about -100 dBFS): digital silence stays silence.
 LEVEL_FLOOR = 1e-5
@@ -125,45 +125,56 @@ class QueryUNet(nn.Module):
     def _forward(self, mixture: torch.Tensor, condition: torch.Tensor, queries: int) -> dict[str, torch.Tensor]:
         """The forward pass; ``condition`` is ``(B, D)`` for ``queries == 1``, else ``(queries, D)`` applied to every
         mixture, and the outputs have ``B * queries`` rows ordered ``(mixture, query)``."""
+        spec, gain, length = analyze(mixture, self.config)  # (batch, 1, frames, bins) complex
+        if queries > 1:  # one STFT per mixture, one row per (mixture, query)
+            rows = spec.shape[0]
+            spec = spec.repeat_interleave(queries, dim=0)  # (batch * queries, 1, frames, bins)
+            condition = condition.repeat(rows, 1)  # (batch * queries, cond_dim)
+            gain = None if gain is None else gain.repeat_interleave(queries, dim=0)  # (batch * queries, 1)
+        out = self.forward_spectrum(spec.real, spec.imag, condition)
+        with torch.autocast(mixture.device.type, enabled=False):
+            target = torch.complex(out.pop("target_real"), out.pop("target_imag"))
+            wav = synthesize(target, gain, self.config, length)  # (rows, 1, time)
+        if gain is not None:
+            out["sp"] = out["sp"] * gain[:, :, None, None]
+        return {"wav": wav, **out}
+
+    def forward_spectrum(self, spec_real: torch.Tensor, spec_imag: torch.Tensor,
+                         condition: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The part of :meth:`forward` between the STFT and the ISTFT, on real tensors only.
+
+        This is what ``qsep export --onnx`` puts in the ONNX graph (:mod:`separator.export`); :func:`analyze` and
+        :func:`synthesize` are the parts outside it.
+
+        Args:
+            spec_real, spec_imag: ``(batch, 1, frames, bins)`` STFT of the mixture as :func:`analyze` returns it
+                (level-normalised when ``config.level_norm``).
+            condition: ``(batch, cond_dim)`` query vectors.
+
+        Returns:
+            A dict with ``target_real``, ``target_imag`` (batch, 1, frames, bins), the masked complex spectrum;
+            ``magnitude`` ``|X|`` (batch, 1, frames, bins); ``mask_logits`` (batch, K, frames, bins) with K = 1
+            (``magnitude``) or 3 (``complex``: magnitude logit, phase re, phase im), Nyquist logits 0;
+            ``sp`` the masked magnitude (batch, 1, frames, bins), before the level is restored.
+        """
         c = self.config
-        if mixture.dim() != 3 or mixture.shape[1] != 1:
-            raise ValueError(f"mixture must be (batch, 1, time), got {tuple(mixture.shape)}")
-        length = mixture.shape[-1]
-        x = mixture[:, 0].float()  # (batch, time)
-        gain = None
-        if c.level_norm:
-            gain = x.pow(2).mean(-1, keepdim=True).sqrt().clamp(min=LEVEL_FLOOR)  # (batch, 1) RMS
-            x = x / gain
         if c.cond_norm:
-            condition = F.normalize(condition.float() - self.cond_center, dim=-1) * c.cond_dim ** 0.5  # (B | Q, cond_dim)
-        short = c.n_fft // 2 + 1 - length
-        if c.center and short > 0:  # reflect padding needs more than n_fft/2 samples: zero-extend, crop at the end
-            x = F.pad(x, (0, short))
-        with torch.autocast(mixture.device.type, enabled=False):
-            spec = stft(x, c.stft)  # (batch, bins, frames) complex
-            spec = rearrange(spec, "b f n -> b 1 n f")  # (batch, 1, frames, bins)
-            if queries > 1:  # one STFT per mixture, one row per (mixture, query)
-                spec = spec.repeat_interleave(queries, dim=0)  # (batch * queries, 1, frames, bins)
-                condition = condition.repeat(x.shape[0], 1)  # (batch * queries, cond_dim)
-                gain = None if gain is None else gain.repeat_interleave(queries, dim=0)  # (batch * queries, 1)
-            mag = spec.abs()  # no epsilon (official)
-        logits = self._network(mag, condition.to(mag.dtype))  # (rows, K, frames, bins)
-        with torch.autocast(mixture.device.type, enabled=False):
+            condition = F.normalize(condition.float() - self.cond_center, dim=-1) * c.cond_dim ** 0.5  # (B, cond_dim)
+        with torch.autocast(spec_real.device.type, enabled=False):
+            spec_real, spec_imag = spec_real.float(), spec_imag.float()
+            mag = torch.sqrt(spec_real**2 + spec_imag**2)  # (batch, 1, frames, bins), no epsilon (official)
+        logits = self._network(mag, condition.to(mag.dtype))  # (batch, K, frames, bins)
+        with torch.autocast(spec_real.device.type, enabled=False):
             logits = logits.float()
-            sp = torch.sigmoid(logits[:, :1]) * mag  # (rows, 1, frames, bins)
+            sp = torch.sigmoid(logits[:, :1]) * mag  # (batch, 1, frames, bins)
             denom = mag.clamp(min=c.phase_floor)
-            cos, sin = spec.real / denom, spec.imag / denom
+            cos, sin = spec_real / denom, spec_imag / denom
             if c.mask == "complex":
                 pr, pi = logits[:, 1:2], logits[:, 2:3]
                 norm = torch.sqrt(pr**2 + pi**2).clamp(min=1e-8)
                 pr, pi = pr / norm, pi / norm
                 cos, sin = cos * pr - sin * pi, sin * pr + cos * pi
-            target = torch.complex(sp * cos, sp * sin)
-            wav = istft(rearrange(target, "b 1 n f -> b 1 f n"), c.stft, x.shape[-1])[..., :length]  # (rows, 1, time)
-            if gain is not None:
-                wav = wav * gain[:, :, None]
-                sp = sp * gain[:, :, None, None]
-        return {"wav": wav, "magnitude": mag, "mask_logits": logits, "sp": sp}
+        return {"target_real": sp * cos, "target_imag": sp * sin, "magnitude": mag, "mask_logits": logits, "sp": sp}
 
     def _network(self, mag: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         """Magnitude (B, 1, frames, bins) -> mask logits (B, K, frames, bins)."""
@@ -197,6 +208,55 @@ class QueryUNet(nn.Module):
 
     def num_parameters(self, trainable_only: bool = True) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
+
+
+def analyze(mixture: torch.Tensor, config: QueryUNetConfig) -> tuple[torch.Tensor, torch.Tensor | None, int]:
+    """The STFT side of :meth:`QueryUNet.forward`: level normalisation, zero-extension of very short inputs, STFT.
+
+    Args:
+        mixture: ``(batch, 1, time)`` waveform at ``config.sample_rate``.
+        config: the model's config (STFT settings, ``level_norm``).
+
+    Returns:
+        ``(spec, gain, length)``: the complex STFT ``(batch, 1, frames, bins)`` of the (level-normalised) mixture,
+        the ``(batch, 1)`` RMS it was divided by (None without ``level_norm``), and the input length in samples.
+
+    Raises:
+        ValueError: ``mixture`` is not ``(batch, 1, time)``.
+    """
+    c = config
+    if mixture.dim() != 3 or mixture.shape[1] != 1:
+        raise ValueError(f"mixture must be (batch, 1, time), got {tuple(mixture.shape)}")
+    length = mixture.shape[-1]
+    x = mixture[:, 0].float()  # (batch, time)
+    gain = None
+    if c.level_norm:
+        gain = x.pow(2).mean(-1, keepdim=True).sqrt().clamp(min=LEVEL_FLOOR)  # (batch, 1) RMS
+        x = x / gain
+    short = c.n_fft // 2 + 1 - length
+    if c.center and short > 0:  # reflect padding needs more than n_fft/2 samples: zero-extend, crop at the end
+        x = F.pad(x, (0, short))
+    with torch.autocast(mixture.device.type, enabled=False):
+        spec = stft(x, c.stft)  # (batch, bins, frames) complex
+    return rearrange(spec, "b f n -> b 1 n f"), gain, length  # (batch, 1, frames, bins)
+
+
+def synthesize(target: torch.Tensor, gain: torch.Tensor | None, config: QueryUNetConfig, length: int) -> torch.Tensor:
+    """The ISTFT side of :meth:`QueryUNet.forward`: ISTFT, crop to ``length``, restore the level.
+
+    Args:
+        target: ``(batch, 1, frames, bins)`` complex target spectrum (``forward_spectrum``'s real and imaginary parts).
+        gain: ``(batch, 1)`` from :func:`analyze`, or None.
+        config: the model's config.
+        length: the input length in samples.
+
+    Returns:
+        ``(batch, 1, length)`` waveform.
+    """
+    c = config
+    padded = max(length, c.n_fft // 2 + 1) if c.center else length
+    wav = istft(rearrange(target, "b 1 n f -> b 1 f n"), c.stft, padded)[..., :length]  # (batch, 1, time)
+    return wav if gain is None else wav * gain[:, :, None]
 
 
 def build_from_config(config: Mapping[str, Any] | QueryUNetConfig) -> QueryUNet:
