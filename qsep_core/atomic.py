@@ -148,6 +148,18 @@ class AtomicPath:
         except OSError:
             pass
         os.chmod(self.tmp, mode)
+        self._mode = mode
+
+    def _fix_modes(self) -> None:
+        """Writers that replace the temporary (safetensors' save_file writes 0600 files) lose its mode: give the
+        result, and the plain files of a temporary folder, the permissions a plain open() would give them."""
+        if self.directory:
+            plain = 0o666 & ~_umask()
+            for p in self.tmp.iterdir():
+                if p.is_file() and not p.is_symlink() and stat.S_IMODE(p.stat().st_mode) != plain:
+                    os.chmod(p, plain)
+        elif stat.S_IMODE(os.stat(self.tmp).st_mode) != self._mode:
+            os.chmod(self.tmp, self._mode)
 
     def _check_free(self) -> None:
         if not self.overwrite and self.dest.exists():
@@ -164,6 +176,7 @@ class AtomicPath:
             raise RuntimeError(f"{self.dest}: this atomic write was already committed or aborted")
         try:
             self._check_free()
+            self._fix_modes()
             if self.directory and self.dest.exists():
                 # a folder cannot be replaced in one rename: move the old one aside first
                 old = self.dest.with_name(f".{self.dest.name}.old")

@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Mapping
 
 from qsep_core.constants import user_cache_dir
 from qsep_core.checkpoint import CheckpointError, ModelFolder
@@ -122,17 +123,25 @@ def model_display_name(path: Path) -> str:
     return path.stem if path.suffix == ".safetensors" else path.name
 
 
-def describe_model(path: Path, name: str | None = None) -> ModelEntry:
-    """Facts about the model at ``path`` (never raises: problems go into ``error``)."""
+def describe_model(path: Path, name: str | None = None, builders: Mapping[str, Any] | None = None) -> ModelEntry:
+    """Facts about the model at ``path`` (never raises: problems go into ``error``). With ``builders`` (component
+    kind -> builder, e.g. :data:`separator.checkpoint.BUILDERS`) every component is also checked against its
+    weights without allocating them (:meth:`qsep_core.checkpoint.ModelFolder.check`), so a folder that would
+    not load is listed with its error."""
     name = name or model_display_name(path)
     try:
-        return _describe(path, name)
+        return _describe(path, name, builders)
     except (CheckpointError, OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
         return ModelEntry(name, path, [], None, 0.0, None, error=str(exc) or type(exc).__name__)
 
 
-def _describe(path: Path, name: str) -> ModelEntry:
-    folder = ModelFolder(path)
+def _describe(path: Path, name: str, builders: Mapping[str, Any] | None = None) -> ModelEntry:
+    folder = ModelFolder(path, builders=builders)
+    if builders is not None:
+        unknown = sorted({folder.kind(n) for n in folder.components} - set(builders))
+        if unknown:
+            raise CheckpointError(f"unknown component kind(s) {unknown}; this qsep builds {sorted(builders)}")
+        folder.check()
     kinds = {spec.get("kind") for spec in folder.components.values()}
     types = []
     if "text_projection" in kinds:
@@ -154,8 +163,9 @@ def _describe(path: Path, name: str) -> ModelEntry:
     return ModelEntry(name, path, types, rate, folder.size_bytes() / 1e6, preset)
 
 
-def list_models(extra: list[str | os.PathLike] = ()) -> list[ModelEntry]:
-    """Every model in the search path (and the ``extra`` folders, which may be models or folders of models)."""
+def list_models(extra: list[str | os.PathLike] = (), builders: Mapping[str, Any] | None = None) -> list[ModelEntry]:
+    """Every model in the search path (and the ``extra`` folders, which may be models or folders of models);
+    ``builders``: as :func:`describe_model`."""
     seen: set[Path] = set()
     out: list[ModelEntry] = []
     for d in [*map(Path, extra), *search_path()]:
@@ -166,5 +176,5 @@ def list_models(extra: list[str | os.PathLike] = ()) -> list[ModelEntry]:
         for c in candidates:
             if _is_model(c) and c.resolve() not in seen:
                 seen.add(c.resolve())
-                out.append(describe_model(c))
+                out.append(describe_model(c, builders=builders))
     return out

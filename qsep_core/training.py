@@ -107,7 +107,17 @@ class PlacementConfig:
     precision: str = "auto"
 
     def trainer_placement(self) -> dict[str, Any]:
-        """The five placement arguments of ``lightning.Trainer`` (``precision`` resolved, see :func:`resolve_precision`)."""
+        """The five placement arguments of ``lightning.Trainer`` (``precision`` resolved, see :func:`resolve_precision`).
+
+        Raises:
+            ConfigError: a list of device indices where the run goes to the CPU (indices name GPUs; CPU
+                processes are given as a count).
+        """
+        on_cpu = str(self.accelerator).lower() == "cpu" or (
+            str(self.accelerator).lower() == "auto" and not torch.cuda.is_available())
+        if on_cpu and isinstance(self.devices, (list, tuple)):
+            raise ConfigError(f"devices={list(self.devices)} names GPU indices, but this run is on the CPU; give a "
+                              f"number of CPU processes instead (e.g. --devices {len(self.devices)}), or --accelerator gpu")
         return {
             "accelerator": self.accelerator,
             "devices": self.devices,

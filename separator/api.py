@@ -124,6 +124,11 @@ def check_bf16(device: torch.device) -> None:
         raise ValueError("bf16 on this CPU is emulated (no AVX512-BF16/AMX) and slower than float32; drop --bf16")
 
 
+#: most channels an in-memory waveform may have: channels are separated as a batch, so a (time, channels) array
+#: passed by mistake as (channels, time) would otherwise be tens of thousands of 2-sample "channels"
+MAX_CHANNELS = 64
+
+
 def resolve_device(device: torch.device | str | None = "auto") -> torch.device:
     """``"auto"`` -> CUDA when available, else CPU; any other value as :class:`torch.device`.
 
@@ -734,6 +739,11 @@ class Separator:
             raise ValueError(f"waveform must be (channels, time) or (time,), got shape {tuple(wav.shape)}")
         if wav.shape[-1] == 0:
             raise audio_io.EmptyAudioError("waveform holds no samples")
+        if wav.dim() == 2 and wav.shape[0] > MAX_CHANNELS:
+            hint = (" it looks like (time, channels), the layout soundfile returns: pass waveform.T"
+                    if wav.shape[1] <= MAX_CHANNELS else "")
+            raise ValueError(f"waveform has shape {tuple(wav.shape)}, i.e. {wav.shape[0]} channels of {wav.shape[1]} "
+                             f"samples (at most {MAX_CHANNELS} channels are separated);{hint or ' pass (channels, time)'}")
         if int(sample_rate) <= 0:
             raise ValueError(f"sample_rate must be positive, got {sample_rate}")
         audio_io.check_finite(wav, "waveform")

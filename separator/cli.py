@@ -478,7 +478,9 @@ def models(
     if labels is not None:
         _print_labels(labels, as_json)
         return
-    entries = list_models(list(folders or []))
+    from separator.checkpoint import BUILDERS
+
+    entries = list_models(list(folders or []), builders=BUILDERS)
     if as_json:
         typer.echo(_json.dumps([{**e.__dict__, "path": str(e.path)} for e in entries], indent=2))
         return

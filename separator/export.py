@@ -165,6 +165,24 @@ def _one_line_errors(what: str):
         raise ExportError(f"{what} failed: {first}") from exc
 
 
+@contextlib.contextmanager
+def _quiet_exporter():
+    """Silence the exporter's notes that do not concern qsep (optional torchvision ops it skips, deprecations of
+    torch internals): they are warnings and log records, not errors; errors still raise."""
+    import logging
+    import warnings
+
+    lg = logging.getLogger("torch.onnx")
+    level = lg.level
+    lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        lg.setLevel(level)
+
+
 def export_onnx(model: str | os.PathLike | QueryUNet | None, out: str | os.PathLike, *, opset: int = DEFAULT_OPSET,
                 overwrite: bool = False, check_seconds: float = 3.0) -> ExportReport:
     """Export a separator to ONNX (see the module doc for what the graph holds), checked against PyTorch.
@@ -212,7 +230,7 @@ def export_onnx(model: str | os.PathLike | QueryUNet | None, out: str | os.PathL
     except (FileNotFoundError, OSError) as exc:
         raise ExportError(str(exc) if isinstance(exc, FileNotFoundError) else write_error_message(out, exc)) from None
     try:
-        with torch.no_grad(), _one_line_errors(f"exporting to ONNX (opset {opset})"):
+        with torch.no_grad(), _one_line_errors(f"exporting to ONNX (opset {opset})"), _quiet_exporter():
             program = torch.onnx.export(
                 _SpectralGraph(model).eval(), example, input_names=list(INPUT_NAMES), output_names=list(OUTPUT_NAMES),
                 dynamic_shapes=({0: dyn, 2: dyn}, {0: dyn, 2: dyn}, {0: dyn}), opset_version=opset, dynamo=True,

@@ -74,3 +74,28 @@ def test_results_get_the_permissions_of_a_plain_write(tmp_path):
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "out.wav").stat().st_mode) == 0o644
     assert stat.S_IMODE((tmp_path / "model").stat().st_mode) == 0o755
+
+
+def test_files_written_by_safetensors_get_the_umask_mode(tmp_path):
+    """safetensors' save_file creates 0600 files; a model folder or tensor file made through qsep follows the
+    umask like any other output (a model exported on a shared machine is readable by the others)."""
+    import os
+    import stat
+
+    import torch
+
+    from safetensors.torch import save_file
+
+    from qsep_core.atomic import AtomicPath
+    from qsep_core.checkpoint import Component, save_model
+
+    old = os.umask(0o022)
+    try:
+        folder = save_model(tmp_path / "m", {"x": Component("anything", {}, {"w": torch.zeros(2)})})
+        with AtomicPath(tmp_path / "t.safetensors") as tmp:
+            save_file({"w": torch.zeros(2)}, str(tmp))
+    finally:
+        os.umask(old)
+    for p in (folder / "model.safetensors", folder / "config.json", tmp_path / "t.safetensors"):
+        assert stat.S_IMODE(p.stat().st_mode) == 0o644, p
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o755

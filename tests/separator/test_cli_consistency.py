@@ -107,6 +107,10 @@ def test_accelerator_gpu_without_gpu_is_one_line(tmp_path):
     res = runner.invoke(app, ["train", "sed", "--config", "configs/sed_toy.yaml", "--accelerator", "gpu",
                               "--out", str(tmp_path / "run"), f"data.train={tmp_path / 'train.csv'}"])
     assert res.exit_code == 1 and "--accelerator cpu" in _flat(res) and "Traceback" not in res.output
+    # GPU indices on the CPU: one line too (Lightning's own error is a TypeError traceback)
+    res = runner.invoke(app, ["train", "sed", "--config", "configs/sed_toy.yaml", "--accelerator", "cpu", "--devices",
+                              "0,1", "--out", str(tmp_path / "run2"), f"data.train={tmp_path / 'train.csv'}"])
+    assert res.exit_code == 1 and "names GPU indices" in _flat(res) and "Traceback" not in res.output
 
 
 def test_models_lists_labels(tmp_path):
@@ -144,3 +148,38 @@ def test_non_english_text_warns_on_the_command_line(tmp_path):
 
 def test_plural():
     assert plural(1, "class") == "1 class" and plural(2, "class") == "2 classes" and plural(0, "event") == "0 events"
+
+
+def test_models_lists_a_folder_that_would_not_load_with_its_error(tmp_path):
+    """`qsep models` checks each component against its weights (no allocation): a broken copy is listed with its
+    error next to the good models, not as if it worked."""
+    import shutil
+
+    good = tmp_path / "zoo" / "good"
+    shutil.copytree(resolve_model(None), good)
+    for name, edit in (("badtype", lambda c: c["components"]["separator"]["config"].update(n_fft="1024")),
+                       ("badshape", lambda c: c["components"]["separator"]["config"].update(channels=[8, 16])),
+                       ("unknownkind", lambda c: c["components"].update(extra={"kind": "foo", "config": {}}))):
+        shutil.copytree(good, tmp_path / "zoo" / name)
+        cfg = json.loads((good / "config.json").read_text())
+        edit(cfg)
+        (tmp_path / "zoo" / name / "config.json").write_text(json.dumps(cfg))
+    res = runner.invoke(app, ["models", str(tmp_path / "zoo"), "--json"])
+    assert res.exit_code == 0, res.output
+    entries = {e["name"]: e for e in json.loads(res.output)}
+    assert entries["good"]["error"] is None and "text" in entries["good"]["query_types"]
+    assert "n_fft" in entries["badtype"]["error"]
+    assert entries["badshape"]["error"] and entries["unknownkind"]["error"] and "foo" in entries["unknownkind"]["error"]
+
+
+def test_a_time_channels_array_is_refused_not_separated():
+    """(time, channels), soundfile's layout, passed as (channels, time) would be 96,000 two-sample channels (the
+    process ran out of memory): it is a ValueError that says to transpose."""
+    from separator.api import Separator
+
+    sep = Separator.from_pretrained(threads=1)
+    wav = torch.zeros(96000, 2)
+    with pytest.raises(ValueError, match=r"waveform\.T"):
+        sep.separate(wav, 32000, label="Rain")
+    out = sep.separate(wav.T.contiguous(), 32000, label="Rain")
+    assert out.target.shape == (2, 96000)
