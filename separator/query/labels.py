@@ -167,7 +167,8 @@ class NameMatcher:
         for how, table in self.tables:
             if how in ("synonym", "builtin synonym"):
                 for alias, name in table.items():
-                    if alias != normalise_label(name) and alias not in out[name]:
+                    # only aliases that really reach this class (a name part of another class wins first)
+                    if alias != normalise_label(name) and alias not in out[name] and self.match(alias).name == name:
                         out[name].append(alias)
         return out
 
